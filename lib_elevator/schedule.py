@@ -1,0 +1,205 @@
+"""Noise levels: the sigma <-> DDPM-timestep mapping, DDIM grids and the choice of refine steps.
+
+Conventions (k-diffusion form, as in the WebUI's samplers):
+    x_sigma = x0 + sigma * eps,   sigma_t = sqrt((1 - abar_t) / abar_t)
+A DDPM/diffusers latent at timestep t is x_t = sqrt(abar_t) * x0 + sqrt(1 - abar_t) * eps
+= x_sigma / sqrt(1 + sigma^2).
+
+Every model has its own abar table: SD1/SD2/SDXL and ZeroScope train with the "scaled_linear"
+beta schedule, AnimateDiff and AnimateLCM with "linear", so the same sigma is a different
+timestep for each. Noise levels are handed between models as sigma and mapped to each model's
+own timestep.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import torch
+
+BETA_SCHEDULES = ("scaled_linear", "linear")
+
+
+def alphas_cumprod(
+    beta_schedule: str = "scaled_linear",
+    beta_start: float = 0.00085,
+    beta_end: float = 0.012,
+    num_train_timesteps: int = 1000,
+) -> torch.Tensor:
+    """The cumulative alpha table (float64, length num_train_timesteps), as diffusers builds it."""
+    if beta_schedule == "scaled_linear":
+        betas = torch.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=torch.float32) ** 2
+    elif beta_schedule == "linear":
+        betas = torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=torch.float32)
+    else:
+        raise ValueError(f"beta schedule must be one of {', '.join(BETA_SCHEDULES)}; got {beta_schedule!r}")
+    return torch.cumprod(1.0 - betas, dim=0).to(torch.float64)
+
+
+def sigma_of_alpha(alpha_bar) -> torch.Tensor:
+    alpha_bar = torch.as_tensor(alpha_bar, dtype=torch.float64)
+    return ((1.0 - alpha_bar) / alpha_bar).sqrt()
+
+
+def alpha_of_sigma(sigma: float) -> float:
+    return 1.0 / (1.0 + sigma * sigma)
+
+
+def timestep_of_sigma(table: torch.Tensor, sigma: float) -> float:
+    """Fractional training timestep with noise level `sigma`, interpolating log-sigma linearly
+    (as k-diffusion's DiscreteSchedule.sigma_to_t). Within 1e-3 of an integer it is rounded, so
+    sigmas taken from the table map back to their exact timestep."""
+    log_sigmas = sigma_of_alpha(table).log()
+    if sigma <= 0:
+        return 0.0
+    log_sigma = math.log(sigma)
+    high = int(torch.searchsorted(log_sigmas, torch.tensor([log_sigma], dtype=torch.float64)).item())
+    high = min(max(high, 1), len(log_sigmas) - 1)
+    low = high - 1
+    w = (log_sigmas[high].item() - log_sigma) / (log_sigmas[high].item() - log_sigmas[low].item())
+    w = min(max(w, 0.0), 1.0)
+    t = (1.0 - w) * high + w * low
+    return float(round(t)) if abs(t - round(t)) < 1e-3 else t
+
+
+def nearest_timestep(table: torch.Tensor, sigma: float) -> int:
+    """The integer training timestep whose sigma is closest to `sigma` (in log space)."""
+    return int(round(timestep_of_sigma(table, sigma)))
+
+
+def ddim_timesteps(steps: int, num_train_timesteps: int = 1000, spacing: str = "leading", offset: int = 1) -> list[int]:
+    """Descending DDIM timesteps as diffusers' DDIMScheduler.set_timesteps makes them.
+
+    SD's scheduler config uses "leading" spacing with steps_offset=1: 50 steps -> 981, 961, ..., 1,
+    the same integers the WebUI's DDIM sampler uses.
+    """
+    if not 1 <= steps <= num_train_timesteps:
+        raise ValueError(f"steps must be between 1 and {num_train_timesteps}; got {steps}")
+    if spacing == "leading":
+        ratio = num_train_timesteps // steps
+        ts = [k * ratio + offset for k in range(steps)]
+    elif spacing == "trailing":
+        ratio = num_train_timesteps / steps
+        ts = [round(num_train_timesteps - k * ratio) - 1 for k in range(steps)][::-1]
+    elif spacing == "linspace":
+        ts = [round((num_train_timesteps - 1) * k / (steps - 1)) if steps > 1 else 0 for k in range(steps)]
+    else:
+        raise ValueError(f"timestep spacing must be leading, trailing or linspace; got {spacing!r}")
+    return sorted(ts, reverse=True)
+
+
+@dataclass(frozen=True)
+class SigmaSchedule:
+    """What a sampler runs: model evaluations at sigmas[0..S-1], ending at sigmas[S].
+
+    `clean_sigma` is the level a clean latent counts as when it is inverted: 0, or abar_0's sigma
+    for schedulers configured with set_alpha_to_one=False (SD's DDIM config, the authors' choice).
+    """
+
+    sigmas: tuple[float, ...]
+    clean_sigma: float = 0.0
+
+    @property
+    def steps(self) -> int:
+        return len(self.sigmas) - 1
+
+
+def ddim_schedule(
+    table: torch.Tensor,
+    steps: int,
+    spacing: str = "leading",
+    offset: int = 1,
+    set_alpha_to_one: bool = False,
+    final_step: bool = True,
+) -> SigmaSchedule:
+    """Sigma schedule of a DDIM sampler.
+
+    final_step=True is diffusers' DDIMScheduler: after the last timestep it steps to abar = 1
+    (set_alpha_to_one) or abar_0. final_step=False is the WebUI's DDIM sampler, which makes one
+    model call fewer and stops at the last timestep (t = 1).
+    """
+    ts = ddim_timesteps(steps, len(table), spacing, offset)
+    sigmas = [sigma_of_alpha(table[t]).item() for t in ts]
+    clean = 0.0 if set_alpha_to_one else sigma_of_alpha(table[0]).item()
+    if final_step:
+        sigmas.append(clean)
+    return SigmaSchedule(tuple(sigmas), clean_sigma=clean if final_step else 0.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Refine points: "10%" is a fraction of the schedule, a bare integer "45" is the paper's
+# "steps remaining" notation (refine at loop index S - 45), a number in (0, 1) is a fraction.
+
+
+@dataclass(frozen=True)
+class RefinePoint:
+    fraction: float | None = None
+    remaining: int | None = None
+
+    def index(self, steps: int) -> int:
+        if self.fraction is not None:
+            return int(math.floor(self.fraction * steps + 0.5))
+        return steps - self.remaining
+
+    def __str__(self) -> str:
+        if self.fraction is not None:
+            return f"{self.fraction * 100:g}%"
+        return str(self.remaining)
+
+
+def parse_refine_points(value) -> tuple[RefinePoint, ...]:
+    """Parse "10%,30%,50%,70%", "45,35,25,15", "0.1 0.3" or a list of such items."""
+    if isinstance(value, str):
+        items = [item for item in re.split(r"[,\s;]+", value.strip()) if item]
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        raise ValueError(f"refine points must be a string like '10%,30%,50%,70%' or a list; got {value!r}")
+    if not items:
+        raise ValueError("give at least one refine point, e.g. '10%,30%,50%,70%' or '45,35,25,15'")
+    points = []
+    for item in items:
+        text = str(item).strip()
+        try:
+            if text.endswith("%"):
+                fraction = float(text[:-1]) / 100.0
+                if not 0.0 <= fraction < 1.0:
+                    raise ValueError
+                points.append(RefinePoint(fraction=fraction))
+                continue
+            number = float(text)
+        except ValueError:
+            raise ValueError(
+                f"refine point {text!r} is not a percentage in [0%, 100%) or a whole number of steps remaining"
+            ) from None
+        if number.is_integer() and number >= 1:
+            points.append(RefinePoint(remaining=int(number)))
+        elif 0.0 <= number < 1.0:
+            points.append(RefinePoint(fraction=number))
+        else:
+            raise ValueError(
+                f"refine point {text!r} is not a percentage in [0%, 100%) or a whole number of steps remaining"
+            )
+    return tuple(points)
+
+
+def refine_indices(points, steps: int) -> tuple[int, ...]:
+    """Sorted loop indices to refine at, for a sampler of `steps` model evaluations.
+
+    A refine at index i uses the model's prediction at sigma_i and hands the sampler a latent at
+    sigma_{i+1}, so i must leave at least one more step: 0 <= i <= steps - 2.
+    """
+    if isinstance(points, str) or (points and not isinstance(points[0], RefinePoint)):
+        points = parse_refine_points(points)
+    indices = set()
+    for point in points:
+        i = point.index(steps)
+        if not 0 <= i <= steps - 2:
+            raise ValueError(
+                f"refine point {point} falls on step {i} of a {steps}-step schedule; it must be between "
+                f"step 0 and step {steps - 2} (a refine needs one more step after it)"
+            )
+        indices.add(i)
+    return tuple(sorted(indices))

@@ -1,0 +1,139 @@
+"""A text-to-image model made of diffusers components (SD1.x, SD2.x, SDXL), as the standalone
+pipeline uses it. Loading lives in `lib_elevator.loaders`; this file is what a loaded model can do.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from lib_elevator.inversion import Denoiser
+from lib_elevator.latent_space import SD1_LATENTS, SDXL_LATENTS, LatentSpace
+from lib_elevator.schedule import alphas_cumprod, timestep_of_sigma
+
+T2I_KINDS = ("sd1", "sd2", "sdxl")
+
+
+@dataclass
+class TextCondition:
+    """UNet conditioning for a batch of rows: context (B, tokens, dim) and, for SDXL, the added
+    embeddings {"text_embeds": (B, 1280), "time_ids": (B, 6)}."""
+
+    context: torch.Tensor
+    added: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def rows(self) -> int:
+        return self.context.shape[0]
+
+    def repeat(self, rows: int) -> TextCondition:
+        return TextCondition(self.context.expand(rows, -1, -1), {k: v.expand(rows, -1) for k, v in self.added.items()})
+
+    @staticmethod
+    def cat(parts: list[TextCondition]) -> TextCondition:
+        added = {k: torch.cat([p.added[k] for p in parts]) for k in parts[0].added}
+        return TextCondition(torch.cat([p.context for p in parts]), added)
+
+
+@dataclass
+class T2IModel:
+    """diffusers UNet2DConditionModel + AutoencoderKL + CLIP text encoder(s) and tokenizer(s)."""
+
+    kind: str
+    unet: object
+    vae: object
+    text_encoders: list
+    tokenizers: list
+    scheduler_config: dict = field(default_factory=dict)
+    name: str = ""
+
+    def __post_init__(self):
+        if self.kind not in T2I_KINDS:
+            raise ValueError(f"T2I kind must be one of {', '.join(T2I_KINDS)}; got {self.kind!r}")
+        cfg = self.scheduler_config
+        self.alphas_cumprod = alphas_cumprod(
+            cfg.get("beta_schedule", "scaled_linear"),
+            cfg.get("beta_start", 0.00085),
+            cfg.get("beta_end", 0.012),
+            cfg.get("num_train_timesteps", 1000),
+        )
+        self.prediction_type = cfg.get("prediction_type", "epsilon")
+        scaling = getattr(self.vae.config, "scaling_factor", None) or (0.13025 if self.kind == "sdxl" else 0.18215)
+        base = SDXL_LATENTS if self.kind == "sdxl" else SD1_LATENTS
+        self.latent_space = LatentSpace(base.family, self.unet.config.in_channels, float(scaling))
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.dtype
+
+    def to(self, device=None, dtype=None) -> T2IModel:
+        for module in [self.unet, self.vae, *self.text_encoders]:
+            module.to(device=device, dtype=dtype)
+        return self
+
+    # ---------------------------------------------------------------------------------- text
+    def _tokens(self, tokenizer, text: str) -> torch.Tensor:
+        ids = tokenizer(
+            text, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+        ).input_ids
+        return ids.to(self.device)
+
+    @torch.no_grad()
+    def encode_prompt(self, prompt: str, height: int, width: int) -> TextCondition:
+        """Conditioning of one row for `prompt` (SD1/SD2: last hidden state; SDXL: the penultimate
+        hidden states of both encoders, the second one's pooled projection and the size ids)."""
+        if self.kind != "sdxl":
+            encoder = self.text_encoders[0]
+            return TextCondition(encoder(self._tokens(self.tokenizers[0], prompt))[0].to(self.dtype))
+        hidden, pooled = [], None
+        for tokenizer, encoder in zip(self.tokenizers, self.text_encoders):
+            out = encoder(self._tokens(tokenizer, prompt), output_hidden_states=True)
+            hidden.append(out.hidden_states[-2])
+            pooled = out[0]  # the last encoder (CLIPTextModelWithProjection) gives text_embeds first
+        time_ids = torch.tensor([[height, width, 0, 0, height, width]], device=self.device, dtype=self.dtype)
+        return TextCondition(
+            torch.cat(hidden, dim=-1).to(self.dtype), {"text_embeds": pooled.to(self.dtype), "time_ids": time_ids}
+        )
+
+    # ---------------------------------------------------------------------------------- UNet
+    def model_output(self, latents: torch.Tensor, timestep: float, cond: TextCondition) -> torch.Tensor:
+        """Raw UNet output (eps or v) for DDPM-form latents (B, C, h, w)."""
+        t = torch.tensor(timestep, device=self.device, dtype=torch.float32)
+        return self.unet(
+            latents.to(self.device, self.dtype),
+            t,
+            encoder_hidden_states=cond.context,
+            added_cond_kwargs=cond.added or None,
+        ).sample
+
+    def denoiser(self, cond: TextCondition) -> Denoiser:
+        """k-diffusion-form denoiser D(x, sigma) -> x0 over the rows of `cond`, in float32."""
+
+        def denoise(x: torch.Tensor, sigma: float) -> torch.Tensor:
+            scale = 1.0 / math.sqrt(1.0 + sigma * sigma)
+            t = timestep_of_sigma(self.alphas_cumprod, sigma)
+            out = self.model_output(x * scale, t, cond).float()
+            if self.prediction_type == "v_prediction":
+                # x0 = sqrt(abar) * x_t - sqrt(1 - abar) * v, with x_t = x * scale and sqrt(abar) = scale
+                return scale * (x * scale) - sigma * scale * out
+            return x - sigma * out
+
+        return denoise
+
+    # ---------------------------------------------------------------------------------- VAE
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor, batch: int = 4) -> torch.Tensor:
+        """DDPM-form latents (F, C, h, w) -> images float32 in [0, 1], (F, H, W, 3), `batch` at a time."""
+        frames = []
+        for chunk in latents.split(max(1, batch)):
+            pixels = self.vae.decode(
+                chunk.to(self.vae.device, self.vae.dtype) / self.latent_space.scaling_factor
+            ).sample
+            frames.append(((pixels.float() + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1).cpu())
+        return torch.cat(frames)

@@ -1,0 +1,1 @@
+"""Text-to-video backends, one file each, behind `lib_elevator.t2v.base.T2VBackend`."""

@@ -1,0 +1,140 @@
+"""The interface every text-to-video backend implements, and the SDEdit loop they share.
+
+A backend loads its weights, encodes prompts with its own text encoder and predicts noise for a
+video latent. Denoising N steps from a noise level (SDEdit) is the same for all backends and lives
+here, with the two step rules the supported models use: DDIM (ZeroScope/ModelScope, AnimateDiff)
+and LCM (AnimateLCM). Every random draw goes through the caller's NoiseSource.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from lib_elevator.latent_space import LatentSpace
+from lib_elevator.noise import NoiseSource
+
+T2V_SAMPLERS = ("ddim", "lcm")
+
+
+@dataclass
+class PromptPair:
+    """Text embeddings of the T2V model for one video: cond and uncond, each (1, tokens, dim)."""
+
+    cond: torch.Tensor
+    uncond: torch.Tensor
+
+
+class T2VBackend(ABC):
+    """A loaded T2V model.
+
+    Subclasses set: `kind`, `name`, `latent_space`, `alphas_cumprod` (its training table),
+    `prediction_type` ("epsilon" or "v_prediction"), `sampler` ("ddim" or "lcm"), `vae` (an
+    AutoencoderKL for latent-space projection, or None), `device`, `dtype`.
+    """
+
+    kind: str = "t2v"
+    name: str = ""
+    latent_space: LatentSpace
+    alphas_cumprod: torch.Tensor
+    prediction_type: str = "epsilon"
+    sampler: str = "ddim"
+    vae = None
+    device: torch.device = torch.device("cpu")
+    dtype: torch.dtype = torch.float32
+
+    @abstractmethod
+    def encode_prompt(self, prompt: str, negative_prompt: str) -> PromptPair:
+        """Embed prompt and negative prompt with the T2V model's own text encoder."""
+
+    @abstractmethod
+    def model_output(self, video: torch.Tensor, timestep: int, context: torch.Tensor) -> torch.Tensor:
+        """Raw UNet output for DDPM-form video latents (B, C, F, h, w) at an integer timestep with
+        text context (B, tokens, dim)."""
+
+    @abstractmethod
+    def to(self, device=None, dtype=None) -> T2VBackend:
+        """Move the model (offloading = `.to("cpu")`)."""
+
+    # ------------------------------------------------------------------------------------------
+
+    def predict_noise(self, frames: torch.Tensor, timestep: int, prompts: PromptPair, guidance: float) -> torch.Tensor:
+        """Guided noise prediction for one video given as frames (F, C, h, w), DDPM form."""
+        video = frames.to(self.device, self.dtype).permute(1, 0, 2, 3).unsqueeze(0)  # (1, C, F, h, w)
+        if guidance == 1.0:
+            out = self.model_output(video, timestep, prompts.cond.to(self.device, self.dtype))
+        else:
+            context = torch.cat([prompts.uncond, prompts.cond]).to(self.device, self.dtype)
+            uncond, cond = self.model_output(torch.cat([video, video]), timestep, context).chunk(2)
+            out = uncond + guidance * (cond - uncond)
+        out = out.squeeze(0).permute(1, 0, 2, 3).float()  # (F, C, h, w)
+        if self.prediction_type == "v_prediction":
+            a = self.alphas_cumprod[timestep].item()
+            x = frames.float()
+            out = math.sqrt(a) * out + math.sqrt(1 - a) * x
+        return out
+
+    def sdedit_timesteps(self, start: int, steps: int, stride: int) -> list[int]:
+        ts = [start - k * stride for k in range(steps)]
+        if steps < 1 or ts[-1] < 0:
+            room = start // stride + 1
+            raise ValueError(
+                f"the T2V model can take only {room} step(s) of {stride} timesteps from timestep {start}; "
+                f"{steps} were asked for (lower the T2V steps or refine earlier)"
+            )
+        return ts
+
+    def denoise(
+        self,
+        clean: torch.Tensor,
+        start: int,
+        steps: int,
+        stride: int,
+        prompts: PromptPair,
+        guidance: float,
+        noise: NoiseSource,
+        before_call: Callable[[], None] | None = None,
+    ) -> torch.Tensor:
+        """SDEdit: noise the clean frames (F, C, h, w) to timestep `start` of this model's table,
+        take `steps` denoising steps `stride` timesteps apart, and return the clean prediction of
+        the last step (float32, (F, C, h, w))."""
+        timesteps = self.sdedit_timesteps(start, steps, stride)
+        table = self.alphas_cumprod
+        a = table[start].item()
+        x = math.sqrt(a) * clean.float() + math.sqrt(1 - a) * noise.randn(tuple(clean.shape)).to(clean.device)
+        prediction = clean.float()
+        for k, t in enumerate(timesteps):
+            if before_call is not None:
+                before_call()
+            eps = self.predict_noise(x, t, prompts, guidance).to(x.device)
+            a_t = table[t].item()
+            prediction = (x - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)
+            if self.sampler == "lcm":
+                prediction = lcm_boundary(x, prediction, t)
+            if k == len(timesteps) - 1:
+                break  # the last step's clean prediction is the result
+            t_next = timesteps[k + 1]
+            a_next = table[t_next].item()
+            if self.sampler == "lcm":  # consistency step: re-noise the clean estimate
+                x = math.sqrt(a_next) * prediction + math.sqrt(1 - a_next) * noise.randn(tuple(x.shape)).to(x.device)
+            else:  # DDIM, eta = 0
+                x = math.sqrt(a_next) * prediction + math.sqrt(1 - a_next) * eps
+        return prediction
+
+
+def lcm_boundary(
+    sample: torch.Tensor,
+    predicted_clean: torch.Tensor,
+    timestep: int,
+    timestep_scaling: float = 10.0,
+    sigma_data: float = 0.5,
+) -> torch.Tensor:
+    """LCM's consistency parametrisation (diffusers LCMScheduler defaults): c_skip * x + c_out * x0."""
+    scaled = timestep * timestep_scaling
+    c_skip = sigma_data**2 / (scaled**2 + sigma_data**2)
+    c_out = scaled / math.sqrt(scaled**2 + sigma_data**2)
+    return c_out * predicted_clean + c_skip * sample
