@@ -63,9 +63,11 @@ def ddim_invert(
     """Invert a clean latent along `path`; returns {sigma: latent} for every level after the start.
 
     The latent at path[-1] is the one to continue sampling from; the others are the trajectory the
-    PnP correction compares against.
+    PnP correction compares against. The clean latent is taken as the DDPM-form sample at path[0]
+    (as diffusers' DDIMInverseScheduler does when path[0] is abar_0's sigma), i.e. k-form
+    x0 * sqrt(1 + path[0]^2).
     """
-    x = x0
+    x = x0 * math.sqrt(1.0 + path[0] ** 2)
     trajectory: dict[float, torch.Tensor] = {}
     for sigma_from, sigma_to in zip(path[:-1], path[1:]):
         if before_call is not None:

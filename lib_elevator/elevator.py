@@ -1,0 +1,143 @@
+"""The refine orchestrator: temporal motion refining at one step (DESIGN.md §1, steps 3b-3f).
+
+Given the T2I model's clean prediction at step i (sigma_i) it returns the latent the T2I sampler
+continues from at sigma_{i+1}:
+
+    low-pass filter over time (not at the last refine step)
+    -> project into the T2V latent space (only when the spaces differ)
+    -> SDEdit with the T2V model: noise to the T2V timestep matching sigma_i, N steps
+    -> project back
+    -> DDIM-invert with the T2I denoiser up to sigma_{i+1}
+
+The T2I denoiser comes in as a callable, so the WebUI adapter and the standalone pipeline share
+this code unchanged. Nothing here knows about a host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from lib_elevator.filters import temporal_lowpass
+from lib_elevator.inversion import Denoiser, ddim_invert, inversion_path
+from lib_elevator.noise import NoiseSource
+from lib_elevator.schedule import SigmaSchedule, nearest_timestep, refine_indices
+from lib_elevator.settings import Settings, SettingsError
+from lib_elevator.t2v.base import PromptPair, T2VBackend
+
+# before_call(stage) runs before every model evaluation: progress, interrupt checks.
+BeforeCall = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class RefinePlan:
+    """Where and how a job refines, fixed before sampling starts (so bad settings fail early)."""
+
+    schedule: SigmaSchedule
+    refine_at: tuple[int, ...]
+    t2v_start: dict[int, int]  # refine index -> T2V timestep where SDEdit starts
+    t2v_stride: int
+    inversion_paths: dict[int, list[float]]  # refine index -> ascending sigmas, clean -> sigma_{i+1}
+
+    def is_last(self, index: int) -> bool:
+        return index == self.refine_at[-1]
+
+    def t2v_calls(self, t2v_steps: int) -> int:
+        return t2v_steps * len(self.refine_at)
+
+    def inversion_calls(self) -> int:
+        return sum(len(path) - 1 for path in self.inversion_paths.values())
+
+
+def plan_refinement(settings: Settings, schedule: SigmaSchedule, t2v_alphas_cumprod: torch.Tensor) -> RefinePlan:
+    """Map the refine points onto `schedule` and check that every refine point leaves room for the
+    T2V steps. Raises SettingsError naming the field at fault."""
+    try:
+        refine_at = refine_indices(settings.refine_points, schedule.steps)
+    except ValueError as e:
+        raise SettingsError("refine_points", str(e)) from None
+    train_steps = len(t2v_alphas_cumprod)
+    stride = max(1, train_steps // settings.t2v_grid_steps)
+    starts, paths = {}, {}
+    for i in refine_at:
+        start = nearest_timestep(t2v_alphas_cumprod, schedule.sigmas[i])
+        room = start // stride + 1
+        if settings.t2v_steps > room:
+            raise SettingsError(
+                "t2v_steps",
+                f"{settings.t2v_steps} T2V steps do not fit after the refine point at step {i} of {schedule.steps} "
+                f"(T2V timestep {start}: room for {room} steps of {stride}); lower the T2V steps or refine earlier",
+            )
+        starts[i] = start
+        paths[i] = inversion_path(schedule.sigmas, i + 1, schedule.clean_sigma, settings.inversion_steps or None)
+    return RefinePlan(schedule, refine_at, starts, stride, paths)
+
+
+class Refiner:
+    """Runs the refine steps of one video.
+
+    `to_t2v`/`to_t2i` project latents between the two latent spaces (None when they agree).
+    With `offload`, the T2V model sits on the CPU between refine steps and visits `device`.
+    """
+
+    def __init__(
+        self,
+        t2v: T2VBackend,
+        settings: Settings,
+        plan: RefinePlan,
+        prompts: PromptPair,
+        noise: NoiseSource,
+        *,
+        to_t2v=None,
+        to_t2i=None,
+        before_call: BeforeCall | None = None,
+        device: torch.device | None = None,
+        offload: bool = False,
+    ):
+        self.t2v, self.settings, self.plan, self.prompts, self.noise = t2v, settings, plan, prompts, noise
+        self.to_t2v, self.to_t2i = to_t2v, to_t2i
+        self.before_call = before_call or (lambda stage: None)
+        self.device, self.offload = device, offload
+        self.filter_spec = settings.filter_spec()
+
+    @contextlib.contextmanager
+    def _t2v_on_device(self):
+        if not self.offload:
+            yield
+            return
+        self.t2v.to(self.device)
+        try:
+            yield
+        finally:
+            self.t2v.to("cpu")
+
+    def refine(self, index: int, denoised: torch.Tensor, invert: Denoiser) -> dict[float, torch.Tensor]:
+        """denoised: the T2I clean prediction at step `index`, (F, C, h, w), k-diffusion/x0 form.
+        invert: the un-guided T2I denoiser used for the inversion.
+        Returns the inversion trajectory {sigma: latent}; the latent at sigma_{index+1} is the
+        sampler's new state, the rest serves the PnP correction."""
+        clean = denoised.float()
+        if not self.plan.is_last(index):
+            clean = temporal_lowpass(clean, self.filter_spec)
+        if self.to_t2v is not None:
+            clean = self.to_t2v(clean)
+        with self._t2v_on_device():
+            clean = self.t2v.denoise(
+                clean,
+                self.plan.t2v_start[index],
+                self.settings.t2v_steps,
+                self.plan.t2v_stride,
+                self.prompts,
+                self.settings.t2v_guidance,
+                self.noise,
+                before_call=lambda: self.before_call("t2v"),
+            )
+        if self.to_t2i is not None:
+            clean = self.to_t2i(clean)
+        clean = clean.to(denoised.device, denoised.dtype)
+        return ddim_invert(
+            clean, self.plan.inversion_paths[index], invert, before_call=lambda: self.before_call("inversion")
+        )

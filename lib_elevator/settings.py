@@ -1,0 +1,147 @@
+"""VideoElevator settings shared by the standalone pipeline, the CLI and the WebUI extension.
+
+Names match the WebUI API's public names. Defaults follow the paper (ZeroScope settings): refine
+at 10/30/50/70 % of the schedule, N = 8 T2V steps, T2V guidance 7.5, alpha = 1, gaussian filter
+d_s = 1.0, d_t = 0.4, full inversion, PnP correction on. The AnimateLCM preset is the authors'
+AnimateLCM script: refine at 26, 21, 15, 9 steps remaining of 30 (= 13/30/50/70 %), N = 6,
+T2V guidance 2.0, alpha = 0.5, d_t = 0.6 (run it with 30 steps).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from lib_elevator.cross_frame import ANCHORS
+from lib_elevator.filters import FILTER_METHODS, FilterSpec
+from lib_elevator.schedule import parse_refine_points
+
+FORMATS = ("MP4", "GIF", "WEBP", "PNG")
+INVERSION_PROMPTS = ("empty", "negative")
+PROJECTION_MODES = ("auto", "always", "never")
+MAX_FRAMES = 128
+
+PRESETS: dict[str, dict] = {
+    "ZeroScope-like": dict(
+        refine_points="10%,30%,50%,70%",
+        t2v_steps=8,
+        t2v_guidance=7.5,
+        noise_mix=1.0,
+        filter_method="gaussian",
+        filter_spatial=1.0,
+        filter_temporal=0.4,
+    ),
+    "AnimateLCM-like": dict(
+        refine_points="13%,30%,50%,70%",
+        t2v_steps=6,
+        t2v_guidance=2.0,
+        noise_mix=0.5,
+        filter_method="gaussian",
+        filter_spatial=1.0,
+        filter_temporal=0.6,
+    ),
+}
+PRESET_STEPS = {"ZeroScope-like": 50, "AnimateLCM-like": 30}  # T2I steps the presets were tuned for
+
+
+class SettingsError(ValueError):
+    """A bad setting; `field` names it (the API reports it with a 4xx)."""
+
+    def __init__(self, field_name: str, message: str):
+        super().__init__(f"{field_name}: {message}")
+        self.field = field_name
+
+
+@dataclass(frozen=True)
+class Settings:
+    frames: int = 16
+    refine_points: str = "10%,30%,50%,70%"
+    t2v_steps: int = 8
+    t2v_guidance: float = 7.5
+    noise_mix: float = 1.0
+    filter_method: str = "gaussian"
+    filter_spatial: float = 1.0
+    filter_temporal: float = 0.4
+    anchor: str = "first"
+    inversion_steps: int = 0  # 0 = full: every level of the sampling schedule below the target
+    pnp: bool = True
+    inversion_prompt: str = "empty"  # "negative" reproduces the authors' code
+    t2v_prompt: str = ""  # empty: the main prompt
+    t2v_negative_prompt: str = ""  # empty: the main negative prompt
+    t2v_grid_steps: int = 50  # T2V steps are 1000 / 50 = 20 timesteps apart, as in the paper
+    latent_projection: str = "auto"
+    fps: int = 8
+    formats: tuple[str, ...] = field(default=("MP4",))
+
+    def replace(self, **changes) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    def with_preset(self, name: str) -> Settings:
+        if name not in PRESETS:
+            raise SettingsError("preset", f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+        return self.replace(**PRESETS[name])
+
+    def filter_spec(self) -> FilterSpec:
+        return FilterSpec(self.filter_method, float(self.filter_spatial), float(self.filter_temporal))
+
+    def validate(self) -> Settings:
+        """Check every field on its own (schedule-dependent checks happen when a job is planned)."""
+
+        def need(ok: bool, name: str, message: str):
+            if not ok:
+                raise SettingsError(name, message)
+
+        need(
+            isinstance(self.frames, int) and 2 <= self.frames <= MAX_FRAMES,
+            "frames",
+            f"a video needs between 2 and {MAX_FRAMES} frames; got {self.frames!r}",
+        )
+        try:
+            parse_refine_points(self.refine_points)
+        except ValueError as e:
+            raise SettingsError("refine_points", str(e)) from None
+        need(
+            isinstance(self.t2v_steps, int) and self.t2v_steps >= 1,
+            "t2v_steps",
+            f"must be a whole number >= 1; got {self.t2v_steps!r}",
+        )
+        need(self.t2v_guidance >= 0, "t2v_guidance", f"must be >= 0; got {self.t2v_guidance!r}")
+        need(self.noise_mix >= 0, "noise_mix", f"must be >= 0; got {self.noise_mix!r}")
+        need(
+            self.filter_method in FILTER_METHODS,
+            "filter_method",
+            f"must be one of {', '.join(FILTER_METHODS)}; got {self.filter_method!r}",
+        )
+        need(self.filter_spatial > 0, "filter_spatial", f"must be > 0; got {self.filter_spatial!r}")
+        need(self.filter_temporal > 0, "filter_temporal", f"must be > 0; got {self.filter_temporal!r}")
+        need(self.anchor in ANCHORS, "anchor", f"must be one of {', '.join(ANCHORS)}; got {self.anchor!r}")
+        need(
+            isinstance(self.inversion_steps, int) and self.inversion_steps >= 0,
+            "inversion_steps",
+            f"must be 0 (full) or a whole number of steps; got {self.inversion_steps!r}",
+        )
+        need(isinstance(self.pnp, bool), "pnp", f"must be true or false; got {self.pnp!r}")
+        need(
+            self.inversion_prompt in INVERSION_PROMPTS,
+            "inversion_prompt",
+            f"must be one of {', '.join(INVERSION_PROMPTS)}; got {self.inversion_prompt!r}",
+        )
+        need(isinstance(self.t2v_prompt, str), "t2v_prompt", "must be text")
+        need(isinstance(self.t2v_negative_prompt, str), "t2v_negative_prompt", "must be text")
+        need(
+            isinstance(self.t2v_grid_steps, int) and 1 <= self.t2v_grid_steps <= 1000,
+            "t2v_grid_steps",
+            f"must be between 1 and 1000; got {self.t2v_grid_steps!r}",
+        )
+        need(
+            self.latent_projection in PROJECTION_MODES,
+            "latent_projection",
+            f"must be one of {', '.join(PROJECTION_MODES)}; got {self.latent_projection!r}",
+        )
+        need(isinstance(self.fps, int) and 1 <= self.fps <= 60, "fps", f"must be between 1 and 60; got {self.fps!r}")
+        need(
+            len(self.formats) > 0 and all(f in FORMATS for f in self.formats),
+            "formats",
+            f"must be a non-empty list of {', '.join(FORMATS)}; got {list(self.formats)!r}",
+        )
+        return self

@@ -1,0 +1,189 @@
+"""The standalone VideoElevator pipeline: diffusers models, a DDIM loop in sigma space, the core.
+
+This is the reference implementation the WebUI adapter is checked against, the engine of the CLI
+and of the `--demo` run. The loop is DDIM (eta = 0), which in k-diffusion form is an Euler step
+x_{i+1} = x_i + (sigma_{i+1} - sigma_i) * (x_i - D(x_i)) / sigma_i, with D the guided clean
+prediction of the T2I model whose self-attention is cross-frame attention.
+
+Against the authors' loop it makes no wasted evaluations (same output): no PnP call at a refine
+step (the refine replaces that step's result), and the first PnP call after a refine reuses the
+cond half of the main call (both see the same latent at the same level).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from lib_elevator.cross_frame import cross_frame_attention
+from lib_elevator.elevator import RefinePlan, Refiner, plan_refinement
+from lib_elevator.inversion import euler_step, pnp_correction
+from lib_elevator.latent_space import LatentProjector, needs_projection
+from lib_elevator.noise import NoiseSource, TorchNoise, mixed_noise
+from lib_elevator.schedule import SigmaSchedule, ddim_schedule
+from lib_elevator.settings import Settings, SettingsError
+from lib_elevator.t2i import T2IModel, TextCondition
+from lib_elevator.t2v.base import T2VBackend
+
+SCHEDULES = ("diffusers-ddim", "webui-ddim")
+
+
+@dataclass(frozen=True)
+class Job:
+    """What to generate (the settings say how to elevate it)."""
+
+    prompt: str
+    negative_prompt: str = ""
+    width: int = 512
+    height: int = 512
+    steps: int = 50
+    guidance: float = 7.5
+    seed: int = 0
+    # "diffusers-ddim": diffusers' DDIMScheduler with the model's config (the authors' sampler);
+    # "webui-ddim": the WebUI's DDIM sampler (same timesteps, one model call fewer, stops at t=1).
+    schedule: str = "diffusers-ddim"
+
+
+@dataclass
+class VideoResult:
+    frames: np.ndarray  # (F, H, W, 3) uint8
+    latents: torch.Tensor  # (F, C, h, w), DDPM form, as decoded
+    calls: dict[str, int] = field(default_factory=dict)  # model evaluations by stage (one per batch call)
+
+
+def make_schedule(name: str, t2i: T2IModel, steps: int) -> SigmaSchedule:
+    cfg = t2i.scheduler_config
+    if name == "diffusers-ddim":
+        return ddim_schedule(
+            t2i.alphas_cumprod,
+            steps,
+            cfg.get("timestep_spacing", "leading"),
+            cfg.get("steps_offset", 1),
+            cfg.get("set_alpha_to_one", False),
+            final_step=True,
+        )
+    if name == "webui-ddim":
+        return ddim_schedule(t2i.alphas_cumprod, steps, "leading", 1, final_step=False)
+    raise SettingsError("schedule", f"must be one of {', '.join(SCHEDULES)}; got {name!r}")
+
+
+def pnp_calls(plan: RefinePlan) -> int:
+    """PnP evaluations the loop below makes (for progress totals)."""
+    sigmas, refine_at, count = plan.schedule.sigmas, plan.refine_at, 0
+    for k, i in enumerate(refine_at):
+        stop = refine_at[k + 1] if k + 1 < len(refine_at) else plan.schedule.steps
+        levels = set(plan.inversion_paths[i][1:])
+        count += sum(1 for j in range(i + 2, stop) if sigmas[j] in levels and sigmas[j + 1] in levels)
+    return count
+
+
+def check_job(job: Job, t2i: T2IModel, settings: Settings) -> None:
+    down = t2i.latent_space.downscale
+    for name, size in (("width", job.width), ("height", job.height)):
+        if size < down or size % down:
+            raise SettingsError(name, f"must be a positive multiple of {down}; got {size}")
+    if job.steps < 2:
+        raise SettingsError("steps", f"must be at least 2; got {job.steps}")
+    settings.validate()
+
+
+def generate(
+    t2i: T2IModel,
+    t2v: T2VBackend,
+    job: Job,
+    settings: Settings,
+    *,
+    noise: NoiseSource | None = None,
+    progress: Callable[[str], None] | None = None,
+    offload_t2v: bool = False,
+) -> VideoResult:
+    check_job(job, t2i, settings)
+    schedule = make_schedule(job.schedule, t2i, job.steps)
+    plan = plan_refinement(settings, schedule, t2v.alphas_cumprod)
+    noise = noise or TorchNoise(job.seed)
+    calls = {"t2i": 0, "t2v": 0, "inversion": 0, "pnp": 0}
+
+    def before_call(stage: str):
+        calls[stage] += 1
+        if progress is not None:
+            progress(stage)
+
+    frames, device = settings.frames, t2i.device
+    latent_shape = (
+        t2i.latent_space.channels,
+        job.height // t2i.latent_space.downscale,
+        job.width // t2i.latent_space.downscale,
+    )
+
+    # Text conditioning: main CFG rows are [uncond x F, cond x F], two groups of F frames.
+    cond = t2i.encode_prompt(job.prompt, job.height, job.width)
+    uncond = t2i.encode_prompt(job.negative_prompt, job.height, job.width)
+    inversion_text = "" if settings.inversion_prompt == "empty" else job.negative_prompt
+    guided = job.guidance > 1.0
+    main = t2i.denoiser(
+        TextCondition.cat([uncond.repeat(frames), cond.repeat(frames)]) if guided else cond.repeat(frames)
+    )
+    cond_only = t2i.denoiser(cond.repeat(frames))
+    invert = t2i.denoiser(t2i.encode_prompt(inversion_text, job.height, job.width).repeat(frames))
+    t2v_prompts = t2v.encode_prompt(
+        settings.t2v_prompt or job.prompt, settings.t2v_negative_prompt or job.negative_prompt
+    )
+
+    to_t2v = to_t2i = None
+    if needs_projection(t2i.latent_space, t2v.latent_space, settings.latent_projection):
+        to_t2v = LatentProjector(t2i.vae, t2i.latent_space, t2v.vae, t2v.latent_space)
+        to_t2i = to_t2v.reverse()
+    refiner = Refiner(
+        t2v,
+        settings,
+        plan,
+        t2v_prompts,
+        noise,
+        to_t2v=to_t2v,
+        to_t2i=to_t2i,
+        before_call=before_call,
+        device=device,
+        offload=offload_t2v,
+    )
+
+    sigmas = schedule.sigmas
+    # DDPM-form unit noise, as diffusers' DDIM starts from; k-form is x_ddpm * sqrt(1 + sigma_0^2)
+    x = mixed_noise(noise, frames, latent_shape, settings.noise_mix).to(device) * math.sqrt(1.0 + sigmas[0] ** 2)
+    trajectory: dict[float, torch.Tensor] = {}
+    with torch.no_grad(), cross_frame_attention(t2i.unet, frames, settings.anchor):
+        for i in range(schedule.steps):
+            sigma, sigma_next = sigmas[i], sigmas[i + 1]
+            before_call("t2i")
+            if guided:
+                denoised_uncond, denoised_cond = main(torch.cat([x, x]), sigma).chunk(2)
+                denoised = denoised_uncond + job.guidance * (denoised_cond - denoised_uncond)
+            else:
+                denoised = denoised_cond = main(x, sigma)
+
+            if i in plan.refine_at:  # temporal motion refining replaces this step's update
+                trajectory = refiner.refine(i, denoised, invert)
+                x = trajectory[sigma_next]
+                continue
+
+            x_next = euler_step(x, denoised, sigma, sigma_next)
+            if settings.pnp and sigma in trajectory and sigma_next in trajectory:
+                inverted = trajectory[sigma]
+                if inverted is not x:  # right after a refine x *is* the inverted latent: reuse the cond half
+                    before_call("pnp")
+                    denoised_cond = cond_only(inverted, sigma)
+                x_next = pnp_correction(x_next, inverted, trajectory[sigma_next], denoised_cond, sigma, sigma_next)
+            x = x_next
+
+    latents = x / math.sqrt(1.0 + sigmas[-1] ** 2)
+    images = t2i.decode(latents)
+    return VideoResult((images.numpy() * 255).round().astype(np.uint8), latents.cpu(), calls)
+
+
+def planned_calls(plan: RefinePlan, settings: Settings) -> int:
+    """Model evaluations (batch calls) a job makes: T2I steps, T2V steps, inversion, PnP."""
+    extra = pnp_calls(plan) if settings.pnp else 0
+    return plan.schedule.steps + plan.t2v_calls(settings.t2v_steps) + plan.inversion_calls() + extra

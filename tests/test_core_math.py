@@ -1,0 +1,210 @@
+"""The pure pieces: noise mixing, the low-pass filter, schedules and refine points."""
+
+import math
+
+import pytest
+import torch
+
+from lib_elevator.filters import FilterSpec, _fft_order_mask, lowpass_mask, temporal_lowpass
+from lib_elevator.noise import TorchNoise, mix_noise, mixed_noise
+from lib_elevator.schedule import (
+    RefinePoint,
+    alphas_cumprod,
+    ddim_schedule,
+    ddim_timesteps,
+    nearest_timestep,
+    parse_refine_points,
+    refine_indices,
+    sigma_of_alpha,
+    timestep_of_sigma,
+)
+
+# ------------------------------------------------------------------------------------ noise
+
+
+def test_mixed_noise_has_unit_variance_and_the_expected_frame_correlation():
+    alpha = 1.5
+    noise = mixed_noise(TorchNoise(0), frames=8, latent_shape=(4, 64, 64), alpha=alpha)  # 8 x 16384 samples
+    assert noise.shape == (8, 4, 64, 64)
+    per_frame_var = noise.var(dim=(1, 2, 3))
+    assert torch.allclose(per_frame_var, torch.ones(8), atol=0.03)
+    flat = noise.flatten(1)
+    corr = torch.corrcoef(flat)
+    off_diagonal = corr[~torch.eye(8, dtype=torch.bool)]
+    expected = alpha**2 / (1 + alpha**2)
+    assert abs(off_diagonal.mean().item() - expected) < 0.01
+    assert off_diagonal.std().item() < 0.02
+
+
+def test_mixed_noise_alpha_zero_is_independent_frames():
+    noise = mixed_noise(TorchNoise(1), 4, (4, 64, 64), alpha=0.0)
+    corr = torch.corrcoef(noise.flatten(1))
+    assert corr[~torch.eye(4, dtype=torch.bool)].abs().max() < 0.03
+
+
+def test_noise_is_reproducible_per_seed_and_drawn_base_first():
+    a = mixed_noise(TorchNoise(42), 3, (4, 8, 8), 1.0)
+    b = mixed_noise(TorchNoise(42), 3, (4, 8, 8), 1.0)
+    c = mixed_noise(TorchNoise(43), 3, (4, 8, 8), 1.0)
+    assert torch.equal(a, b) and not torch.allclose(a, c)
+    g = torch.Generator().manual_seed(42)
+    base, residual = torch.randn((1, 4, 8, 8), generator=g), torch.randn((3, 4, 8, 8), generator=g)
+    assert torch.allclose(a, (base + residual) / math.sqrt(2.0))
+    with pytest.raises(ValueError, match="alpha"):
+        mix_noise(base, residual, -1.0)
+
+
+# ------------------------------------------------------------------------------------ filter
+
+
+def reference_mask(spec: FilterSpec, t_len: int, h_len: int, w_len: int) -> torch.Tensor:
+    """Per-element construction straight from the published formula (slow, for comparison)."""
+    d_s, d_t = spec.spatial, spec.temporal
+    mask = torch.zeros(t_len, h_len, w_len, dtype=torch.float64)
+    for t in range(t_len):
+        for h in range(h_len):
+            for w in range(w_len):
+                d2 = ((d_s / d_t) * (2 * t / t_len - 1)) ** 2 + (2 * h / h_len - 1) ** 2 + (2 * w / w_len - 1) ** 2
+                if spec.method == "gaussian":
+                    mask[t, h, w] = math.exp(-1 / (2 * d_s**2) * d2)
+                elif spec.method == "butterworth":
+                    mask[t, h, w] = 1 / (1 + (d2 / d_s**2) ** spec.order)
+                elif spec.method == "ideal":
+                    mask[t, h, w] = 1.0 if d2 <= d_s**2 else 0.0
+    return mask
+
+
+@pytest.mark.parametrize("method", ["gaussian", "butterworth", "ideal"])
+@pytest.mark.parametrize("shape", [(16, 8, 8), (7, 6, 10)])
+def test_mask_equals_per_element_reference(method, shape):
+    spec = FilterSpec(method, spatial=0.8, temporal=0.35)
+    assert torch.allclose(lowpass_mask(spec, *shape), reference_mask(spec, *shape), atol=1e-12)
+
+
+def test_box_mask_keeps_the_central_block():
+    mask = lowpass_mask(FilterSpec("box", spatial=0.5, temporal=0.5), 8, 8, 8)
+    # half-widths round(4 * 0.5) = 2 around centre 4 -> indices 2, 3, 4, 5
+    expected = torch.zeros(8, 8, 8, dtype=torch.float64)
+    expected[2:6, 2:6, 2:6] = 1
+    assert torch.equal(mask, expected)
+
+
+def test_filter_applies_the_direct_fft_computation():
+    torch.manual_seed(0)
+    x = torch.randn(8, 4, 6, 6)
+    spec = FilterSpec("gaussian", 1.0, 0.4)
+    spectrum = torch.fft.fftshift(torch.fft.fftn(x.transpose(0, 1).double(), dim=(-3, -2, -1)), dim=(-3, -2, -1))
+    spectrum = spectrum * lowpass_mask(spec, 8, 6, 6)
+    expected = torch.fft.ifftn(torch.fft.ifftshift(spectrum, dim=(-3, -2, -1)), dim=(-3, -2, -1)).real
+    assert torch.allclose(temporal_lowpass(x, spec), expected.transpose(0, 1).float(), atol=1e-5)
+
+
+def test_filter_damps_a_temporal_oscillation_by_the_mask_value():
+    frames, k = 16, 4  # cos(2 pi k t / F): temporal frequency index k, spatially constant
+    t = torch.arange(frames, dtype=torch.float32)
+    x = torch.cos(2 * math.pi * k * t / frames).view(frames, 1, 1, 1).expand(frames, 2, 8, 8).contiguous()
+    spec = FilterSpec("gaussian", spatial=1.0, temporal=0.4)
+    y = temporal_lowpass(x, spec)
+    # in centred coordinates frequency +-k sits at +-2k/F; spatial frequency 0 sits at 0
+    factor = math.exp(-0.5 * (2 * k / frames / 0.4) ** 2)
+    assert torch.allclose(y, x * factor, atol=1e-5)
+    energy_ratio = (y**2).sum() / (x**2).sum()
+    assert abs(energy_ratio.item() - factor**2) < 1e-4
+
+
+def test_constant_in_time_video_passes_unchanged_when_space_is_not_filtered():
+    torch.manual_seed(1)
+    frame = torch.randn(1, 4, 8, 8)
+    video = frame.expand(12, -1, -1, -1).contiguous()
+    out = temporal_lowpass(video, FilterSpec("gaussian", spatial=math.inf, temporal=0.25))
+    assert torch.allclose(out, video, atol=1e-5)
+
+
+def test_filter_mask_is_cached_per_shape_and_device():
+    spec = FilterSpec("gaussian", 1.0, 0.4)
+    first = _fft_order_mask(spec, 5, 4, 4, torch.device("cpu"))
+    assert _fft_order_mask(spec, 5, 4, 4, torch.device("cpu")) is first
+    assert _fft_order_mask(spec, 6, 4, 4, torch.device("cpu")) is not first
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(method="sharp"), "filter method"),
+        (dict(spatial=0.0), "spatial cut-off"),
+        (dict(temporal=-1.0), "temporal cut-off"),
+    ],
+)
+def test_bad_filter_settings_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        FilterSpec(**kwargs)
+
+
+# ------------------------------------------------------------------------------------ schedule
+
+
+def test_alpha_tables_equal_diffusers():
+    from diffusers import DDIMScheduler
+
+    for schedule in ("scaled_linear", "linear"):
+        ref = DDIMScheduler(beta_schedule=schedule, beta_start=0.00085, beta_end=0.012).alphas_cumprod
+        assert torch.allclose(alphas_cumprod(schedule).float(), ref)
+    # the two schedules put the same timestep at different noise levels
+    assert sigma_of_alpha(alphas_cumprod("linear")[500]) > sigma_of_alpha(alphas_cumprod("scaled_linear")[500]) * 1.1
+
+
+@pytest.mark.parametrize(
+    "steps, spacing, offset", [(50, "leading", 1), (30, "leading", 1), (25, "trailing", 0), (20, "linspace", 0)]
+)
+def test_ddim_timesteps_equal_diffusers(steps, spacing, offset):
+    from diffusers import DDIMScheduler
+
+    scheduler = DDIMScheduler(timestep_spacing=spacing, steps_offset=offset)
+    scheduler.set_timesteps(steps)
+    assert ddim_timesteps(steps, 1000, spacing, offset) == scheduler.timesteps.tolist()
+
+
+def test_sigma_timestep_mapping_round_trips_per_table():
+    for name in ("scaled_linear", "linear"):
+        table = alphas_cumprod(name)
+        for t in (1, 21, 500, 981, 999):
+            assert timestep_of_sigma(table, sigma_of_alpha(table[t]).item()) == t
+    sd, ad = alphas_cumprod("scaled_linear"), alphas_cumprod("linear")
+    sigma = sigma_of_alpha(sd[801]).item()
+    t_ad = nearest_timestep(ad, sigma)
+    assert t_ad != 801 and abs(sigma_of_alpha(ad[t_ad]).item() / sigma - 1) < 0.02
+
+
+def test_ddim_schedule_endings():
+    table = alphas_cumprod()
+    diffusers_like = ddim_schedule(table, 50, set_alpha_to_one=False, final_step=True)
+    assert diffusers_like.steps == 50 and diffusers_like.sigmas[-1] == pytest.approx(sigma_of_alpha(table[0]).item())
+    assert diffusers_like.clean_sigma == diffusers_like.sigmas[-1]
+    webui_like = ddim_schedule(table, 50, final_step=False)
+    assert webui_like.steps == 49 and webui_like.sigmas[-1] == pytest.approx(sigma_of_alpha(table[1]).item())
+    assert webui_like.clean_sigma == 0.0
+
+
+def test_refine_points_in_both_notations_agree_with_the_paper():
+    assert refine_indices("10%,30%,50%,70%", 50) == (5, 15, 25, 35)
+    assert refine_indices("45,35,25,15", 50) == (5, 15, 25, 35)  # the paper's "steps remaining"
+    assert refine_indices("26,21,15,9", 30) == (4, 9, 15, 21)  # AnimateLCM
+    assert refine_indices("13%,30%,50%,70%", 30) == (4, 9, 15, 21)
+    assert refine_indices([0.1, "30%"], 20) == (2, 6)
+    assert parse_refine_points("45") == (RefinePoint(remaining=45),)
+
+
+@pytest.mark.parametrize(
+    "points, message",
+    [
+        ("", "at least one"),
+        ("abc", "not a percentage"),
+        ("150%", "not a percentage"),
+        ("-3", "not a percentage"),
+        ("60", "falls on step"),  # 60 steps remaining of 50
+        ("99%", "falls on step"),  # step 50 of 50 leaves no step after it
+    ],
+)
+def test_bad_refine_points_are_explained(points, message):
+    with pytest.raises(ValueError, match=message):
+        refine_indices(points, 50)
