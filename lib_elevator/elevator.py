@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from lib_elevator.dtypes import working_dtype
 from lib_elevator.filters import temporal_lowpass
 from lib_elevator.inversion import Denoiser, ddim_invert, inversion_path
 from lib_elevator.noise import NoiseSource
@@ -114,12 +115,9 @@ class Refiner:
         finally:
             self.t2v.to("cpu")
 
-    def refine(self, index: int, denoised: torch.Tensor, invert: Denoiser) -> dict[float, torch.Tensor]:
-        """denoised: the T2I clean prediction at step `index`, (F, C, h, w), k-diffusion/x0 form.
-        invert: the un-guided T2I denoiser used for the inversion.
-        Returns the inversion trajectory {sigma: latent}; the latent at sigma_{index+1} is the
-        sampler's new state, the rest serves the PnP correction."""
-        clean = denoised.float()
+    def refine_clean(self, index: int, denoised: torch.Tensor) -> torch.Tensor:
+        """Steps 3b-3e: the refined clean latent (F, C, h, w) in the T2I latent space."""
+        clean = denoised.to(working_dtype(denoised))
         if not self.plan.is_last(index):
             clean = temporal_lowpass(clean, self.filter_spec)
         if self.to_t2v is not None:
@@ -137,7 +135,14 @@ class Refiner:
             )
         if self.to_t2i is not None:
             clean = self.to_t2i(clean)
-        clean = clean.to(denoised.device, denoised.dtype)
+        return clean.to(denoised.device, denoised.dtype)
+
+    def refine(self, index: int, denoised: torch.Tensor, invert: Denoiser) -> dict[float, torch.Tensor]:
+        """denoised: the T2I clean prediction at step `index`, (F, C, h, w), k-diffusion/x0 form.
+        invert: the un-guided T2I denoiser used for the inversion (step 3f).
+        Returns the inversion trajectory {sigma: latent}; the latent at sigma_{index+1} is the
+        sampler's new state, the rest serves the PnP correction."""
+        clean = self.refine_clean(index, denoised)
         return ddim_invert(
             clean, self.plan.inversion_paths[index], invert, before_call=lambda: self.before_call("inversion")
         )

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
+from lib_elevator.dtypes import working_dtype
+
 FILTER_METHODS = ("gaussian", "butterworth", "ideal", "box")
 
 
@@ -84,19 +86,22 @@ def lowpass_mask(spec: FilterSpec, frames: int, height: int, width: int) -> torc
 
 
 @functools.lru_cache(maxsize=32)
-def _fft_order_mask(spec: FilterSpec, frames: int, height: int, width: int, device: torch.device) -> torch.Tensor:
+def _fft_order_mask(
+    spec: FilterSpec, frames: int, height: int, width: int, device: torch.device, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     # Stored un-shifted so applying it needs no fftshift/ifftshift of the data.
     mask = torch.fft.ifftshift(lowpass_mask(spec, frames, height, width), dim=(-3, -2, -1))
-    return mask.to(device=device, dtype=torch.float32)
+    return mask.to(device=device, dtype=dtype)
 
 
 def temporal_lowpass(latents: torch.Tensor, spec: FilterSpec) -> torch.Tensor:
-    """Low-pass filter a video latent (F, C, h, w) over (F, h, w), per channel. Computed in float32."""
+    """Low-pass filter a video latent (F, C, h, w) over (F, h, w), per channel (in float32, or float64)."""
     if latents.ndim != 4:
         raise ValueError(f"expected video latents of shape (frames, channels, h, w); got {tuple(latents.shape)}")
     frames, _, height, width = latents.shape
-    mask = _fft_order_mask(spec, frames, height, width, latents.device)
-    x = latents.float().transpose(0, 1)  # (C, F, h, w): the FFT runs over the last three axes
+    dtype = working_dtype(latents)
+    mask = _fft_order_mask(spec, frames, height, width, latents.device, dtype)
+    x = latents.to(dtype).transpose(0, 1)  # (C, F, h, w): the FFT runs over the last three axes
     spectrum = torch.fft.fftn(x, dim=(-3, -2, -1)) * mask
     filtered = torch.fft.ifftn(spectrum, dim=(-3, -2, -1)).real
     return filtered.transpose(0, 1).to(latents.dtype).contiguous()

@@ -152,7 +152,8 @@ def generate(
 
     sigmas = schedule.sigmas
     # DDPM-form unit noise, as diffusers' DDIM starts from; k-form is x_ddpm * sqrt(1 + sigma_0^2)
-    x = mixed_noise(noise, frames, latent_shape, settings.noise_mix).to(device) * math.sqrt(1.0 + sigmas[0] ** 2)
+    work = torch.float64 if t2i.dtype == torch.float64 else torch.float32
+    x = mixed_noise(noise, frames, latent_shape, settings.noise_mix).to(device, work) * math.sqrt(1.0 + sigmas[0] ** 2)
     trajectory: dict[float, torch.Tensor] = {}
     with torch.no_grad(), cross_frame_attention(t2i.unet, frames, settings.anchor):
         for i in range(schedule.steps):

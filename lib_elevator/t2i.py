@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from lib_elevator.dtypes import working_dtype
 from lib_elevator.inversion import Denoiser
 from lib_elevator.latent_space import SD1_LATENTS, SDXL_LATENTS, LatentSpace
 from lib_elevator.schedule import alphas_cumprod, timestep_of_sigma
@@ -118,7 +119,7 @@ class T2IModel:
         def denoise(x: torch.Tensor, sigma: float) -> torch.Tensor:
             scale = 1.0 / math.sqrt(1.0 + sigma * sigma)
             t = timestep_of_sigma(self.alphas_cumprod, sigma)
-            out = self.model_output(x * scale, t, cond).float()
+            out = self.model_output(x * scale, t, cond).to(working_dtype(x))
             if self.prediction_type == "v_prediction":
                 # x0 = sqrt(abar) * x_t - sqrt(1 - abar) * v, with x_t = x * scale and sqrt(abar) = scale
                 return scale * (x * scale) - sigma * scale * out

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from lib_elevator.dtypes import working_dtype
 from lib_elevator.latent_space import LatentSpace
 from lib_elevator.noise import NoiseSource
 
@@ -71,10 +72,10 @@ class T2VBackend(ABC):
             context = torch.cat([prompts.uncond, prompts.cond]).to(self.device, self.dtype)
             uncond, cond = self.model_output(torch.cat([video, video]), timestep, context).chunk(2)
             out = uncond + guidance * (cond - uncond)
-        out = out.squeeze(0).permute(1, 0, 2, 3).float()  # (F, C, h, w)
+        out = out.squeeze(0).permute(1, 0, 2, 3).to(working_dtype(frames))  # (F, C, h, w)
         if self.prediction_type == "v_prediction":
             a = self.alphas_cumprod[timestep].item()
-            x = frames.float()
+            x = frames.to(out.dtype)
             out = math.sqrt(a) * out + math.sqrt(1 - a) * x
         return out
 
@@ -105,8 +106,9 @@ class T2VBackend(ABC):
         timesteps = self.sdedit_timesteps(start, steps, stride)
         table = self.alphas_cumprod
         a = table[start].item()
-        x = math.sqrt(a) * clean.float() + math.sqrt(1 - a) * noise.randn(tuple(clean.shape)).to(clean.device)
-        prediction = clean.float()
+        clean = clean.to(working_dtype(clean))
+        x = math.sqrt(a) * clean + math.sqrt(1 - a) * noise.randn(tuple(clean.shape)).to(clean.device, clean.dtype)
+        prediction = clean
         for k, t in enumerate(timesteps):
             if before_call is not None:
                 before_call()
@@ -120,7 +122,9 @@ class T2VBackend(ABC):
             t_next = timesteps[k + 1]
             a_next = table[t_next].item()
             if self.sampler == "lcm":  # consistency step: re-noise the clean estimate
-                x = math.sqrt(a_next) * prediction + math.sqrt(1 - a_next) * noise.randn(tuple(x.shape)).to(x.device)
+                x = math.sqrt(a_next) * prediction + math.sqrt(1 - a_next) * noise.randn(tuple(x.shape)).to(
+                    x.device, x.dtype
+                )
             else:  # DDIM, eta = 0
                 x = math.sqrt(a_next) * prediction + math.sqrt(1 - a_next) * eps
         return prediction

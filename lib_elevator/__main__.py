@@ -1,0 +1,5 @@
+import sys
+
+from lib_elevator.cli import main
+
+sys.exit(main())

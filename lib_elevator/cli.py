@@ -1,0 +1,241 @@
+"""Command line: `python -m lib_elevator generate ...`, `... generate --demo`, `... models DIR`.
+
+Errors in what the user gave (paths, settings) print one line and exit with status 2; there is
+no traceback for those.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from lib_elevator.settings import FORMATS, PRESET_STEPS, PRESETS, Settings, SettingsError
+
+DEMO_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "videoelevator", "demo-models")
+
+
+def _lora(text: str) -> tuple[str, float]:
+    """PATH or PATH:WEIGHT (a path may itself contain ':', so only a numeric tail is a weight)."""
+    path, _, tail = text.rpartition(":")
+    try:
+        return (path, float(tail)) if path else (text, 1.0)
+    except ValueError:
+        return text, 1.0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m lib_elevator", description="VideoElevator: T2I quality, T2V motion."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser("generate", help="make a video", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    gen.add_argument(
+        "--demo",
+        action="store_true",
+        help="use built-in tiny random-weight models (built once, cached); checks the install",
+    )
+    gen.add_argument("--t2i", help="T2I model: diffusers folder or SD1.5/SD2.1/SDXL checkpoint file")
+    gen.add_argument(
+        "--t2v",
+        help="T2V model: ZeroScope/ModelScope diffusers folder, AnimateDiff motion module, " "or AnimateLCM folder",
+    )
+    gen.add_argument("--t2v-base", help="SD1.5 base for AnimateDiff/AnimateLCM (default: the T2I model when it is SD1)")
+    gen.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        type=_lora,
+        metavar="PATH[:WEIGHT]",
+        help="LoRA file merged into the T2I model (repeatable)",
+    )
+    gen.add_argument("--config", help="original .yaml of a single-file T2I checkpoint (default: the .yaml beside it)")
+    gen.add_argument("--allow-pickle", action="store_true", help="allow .ckpt/.pt weights (restricted unpickler)")
+    gen.add_argument("--prompt", default="", help="what the video shows")
+    gen.add_argument("--negative-prompt", default="")
+    gen.add_argument("--preset", choices=list(PRESETS), default="ZeroScope-like")
+    gen.add_argument("--frames", type=int, default=None, help="frames (default 16; demo 8)")
+    gen.add_argument("--width", type=int, default=None, help="width in pixels (default 512; demo 64)")
+    gen.add_argument("--height", type=int, default=None, help="height in pixels (default 512; demo 64)")
+    gen.add_argument("--steps", type=int, default=None, help="T2I steps (default: the preset's, 50 or 30; demo 20)")
+    gen.add_argument("--guidance", type=float, default=7.5, help="T2I classifier-free guidance")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--schedule", choices=["diffusers-ddim", "webui-ddim"], default="diffusers-ddim")
+    gen.add_argument("--refine-points", help="e.g. '10%%,30%%,50%%,70%%' or steps remaining '45,35,25,15'")
+    gen.add_argument("--t2v-steps", type=int, help="T2V steps N at each refine point")
+    gen.add_argument("--t2v-guidance", type=float)
+    gen.add_argument("--noise-mix", type=float, help="alpha: weight of the noise shared by all frames")
+    gen.add_argument("--filter-method", choices=["gaussian", "butterworth", "ideal", "box"])
+    gen.add_argument("--filter-spatial", type=float, help="spatial cut-off d_s")
+    gen.add_argument("--filter-temporal", type=float, help="temporal cut-off d_t")
+    gen.add_argument("--anchor", choices=["first", "first_prev"], help="cross-frame attention anchor")
+    gen.add_argument("--inversion-steps", type=int, help="0 = full inversion (the paper); fewer is faster")
+    gen.add_argument("--no-pnp", dest="pnp", action="store_false", default=None, help="skip the PnP correction")
+    gen.add_argument(
+        "--inversion-prompt",
+        choices=["empty", "negative"],
+        help="condition the inversion on the empty prompt, or the negative one as the authors' code",
+    )
+    gen.add_argument("--t2v-prompt", help="prompt for the T2V model (default: --prompt)")
+    gen.add_argument("--t2v-negative-prompt", help="negative prompt for the T2V model (default: --negative-prompt)")
+    gen.add_argument("--fps", type=int, default=8)
+    gen.add_argument("--formats", help=f"comma list of {', '.join(FORMATS)} (default: from --out's extension)")
+    gen.add_argument("--out", default=os.path.join("outputs", "videoelevator.mp4"), help="output video path")
+    gen.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: cuda when available)")
+    gen.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
+    gen.add_argument("--offload-t2v", action="store_true", help="keep the T2V model on the CPU between refine steps")
+
+    models = sub.add_parser("models", help="list the T2V models found in folders")
+    models.add_argument("folders", nargs="+")
+    return parser
+
+
+def settings_from_args(args) -> Settings:
+    settings = Settings().with_preset(args.preset)
+    overrides = {
+        name: getattr(args, name)
+        for name in (
+            "refine_points",
+            "t2v_steps",
+            "t2v_guidance",
+            "noise_mix",
+            "filter_method",
+            "filter_spatial",
+            "filter_temporal",
+            "anchor",
+            "inversion_steps",
+            "pnp",
+            "inversion_prompt",
+            "t2v_prompt",
+            "t2v_negative_prompt",
+        )
+        if getattr(args, name) is not None
+    }
+    overrides["frames"] = args.frames or (8 if args.demo else 16)
+    overrides["fps"] = args.fps
+    overrides["formats"] = output_formats(args)
+    return settings.replace(**overrides).validate()
+
+
+def output_formats(args) -> tuple[str, ...]:
+    if args.formats:
+        return tuple(f.strip().upper() for f in args.formats.split(",") if f.strip())
+    ext = os.path.splitext(args.out)[1].lstrip(".").upper()
+    return (ext,) if ext in FORMATS else ("MP4",)
+
+
+def resolve_device(name: str, dtype_name: str):
+    import torch
+
+    device = torch.device(
+        "cuda" if name == "auto" and torch.cuda.is_available() else ("cpu" if name == "auto" else name)
+    )
+    if dtype_name == "auto":
+        dtype = torch.float16 if device.type == "cuda" else torch.float32
+    else:
+        dtype = getattr(torch, dtype_name)
+    return device, dtype
+
+
+def demo_models(cache: str = DEMO_CACHE) -> tuple[str, str]:
+    """Tiny random-weight SD1 T2I and ZeroScope T2V folders, built once into `cache`."""
+    from lib_elevator.tiny.t2i import build_tiny_t2i_folder
+    from lib_elevator.tiny.t2v import build_tiny_zeroscope_folder
+
+    t2i, t2v = os.path.join(cache, "tiny-sd1"), os.path.join(cache, "tiny-zeroscope")
+    if not os.path.exists(os.path.join(t2i, "model_index.json")):
+        build_tiny_t2i_folder(t2i, kind="sd1", seed=0)
+    if not os.path.exists(os.path.join(t2v, "model_index.json")):
+        build_tiny_zeroscope_folder(t2v, seed=0)
+    return t2i, t2v
+
+
+def run_generate(args) -> int:
+    from tqdm import tqdm
+
+    from lib_elevator.elevator import plan_refinement
+    from lib_elevator.loaders import load_t2i
+    from lib_elevator.standalone import Job, generate, make_schedule, planned_calls
+    from lib_elevator.t2v.registry import load_t2v
+    from lib_elevator.video_io import write_video
+
+    settings = settings_from_args(args)
+    if args.demo:
+        args.t2i, args.t2v = args.t2i or demo_models()[0], args.t2v or demo_models()[1]
+        args.prompt = args.prompt or "a lighthouse in a storm, waves crashing"
+    if not args.t2i or not args.t2v:
+        raise SettingsError("--t2i/--t2v", "give both model paths, or --demo for the built-in tiny models")
+    if not args.prompt:
+        raise SettingsError("--prompt", "say what the video should show")
+    steps = args.steps or (20 if args.demo else PRESET_STEPS[args.preset])
+    size = 64 if args.demo else 512
+    job = Job(
+        args.prompt,
+        args.negative_prompt,
+        args.width or size,
+        args.height or size,
+        steps,
+        args.guidance,
+        args.seed,
+        args.schedule,
+    )
+    device, dtype = resolve_device(args.device, args.dtype)
+
+    started = time.time()
+    print(f"loading T2I {args.t2i}", file=sys.stderr)
+    t2i = load_t2i(
+        args.t2i, loras=args.lora, device=device, dtype=dtype, config_file=args.config, allow_pickle=args.allow_pickle
+    )
+    print(f"loading T2V {args.t2v}", file=sys.stderr)
+    base = args.t2v_base or (t2i if t2i.kind == "sd1" else None)
+    t2v = load_t2v(
+        args.t2v, base=base, device="cpu" if args.offload_t2v else device, dtype=dtype, allow_pickle=args.allow_pickle
+    )
+
+    plan = plan_refinement(settings, make_schedule(job.schedule, t2i, job.steps), t2v.alphas_cumprod)
+    with tqdm(total=planned_calls(plan, settings), unit="call", desc="VideoElevator", file=sys.stderr) as bar:
+        result = generate(
+            t2i,
+            t2v,
+            job,
+            settings,
+            progress=lambda stage: (bar.set_postfix_str(stage), bar.update()),
+            offload_t2v=args.offload_t2v,
+        )
+    base_path = os.path.splitext(args.out)[0]
+    written = write_video(result.frames, base_path, settings.formats, settings.fps)
+    for fmt, path in written.paths.items():
+        print(f"{fmt}: {path}")
+    for fmt, error in written.errors.items():
+        print(f"{fmt} could not be written ({error}); the other outputs are kept", file=sys.stderr)
+    print(
+        f"{settings.frames} frames {job.width}x{job.height} in {time.time() - started:.1f} s "
+        f"(model calls: {result.calls})",
+        file=sys.stderr,
+    )
+    return 1 if written.errors and not written.paths else 0
+
+
+def run_models(args) -> int:
+    from lib_elevator.t2v.registry import list_t2v_models
+
+    found = list_t2v_models(args.folders)
+    for model in found:
+        print(f"{model['kind']:12s} {model['name']:40s} {model['path']}")
+    if not found:
+        print("no T2V models found in " + ", ".join(args.folders), file=sys.stderr)
+    return 0
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run_generate(args) if args.command == "generate" else run_models(args)
+    except (SettingsError, ValueError, FileNotFoundError, NotADirectoryError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

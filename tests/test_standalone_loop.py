@@ -1,0 +1,209 @@
+"""The standalone loop and the refine orchestrator, on a tiny real-architecture T2I model and a
+small deterministic stand-in T2V model (the real T2V backends have their own tests)."""
+
+import copy
+import math
+
+import pytest
+import torch
+
+from bench.authors_loop import authors_loop
+from lib_elevator.elevator import Refiner, plan_refinement
+from lib_elevator.filters import temporal_lowpass
+from lib_elevator.latent_space import SD1_LATENTS
+from lib_elevator.noise import TorchNoise
+from lib_elevator.schedule import alphas_cumprod, ddim_schedule
+from lib_elevator.settings import Settings, SettingsError
+from lib_elevator.standalone import Job, generate, make_schedule, planned_calls
+from lib_elevator.t2v.base import PromptPair, T2VBackend
+
+
+class StubT2V(T2VBackend):
+    """A deterministic function in place of a video UNet, with ZeroScope's noise table."""
+
+    kind, name, sampler, latent_space = "stub", "stub", "ddim", SD1_LATENTS
+
+    def __init__(self, beta_schedule="scaled_linear"):
+        self.alphas_cumprod = alphas_cumprod(beta_schedule)
+        self.moves = []
+
+    def encode_prompt(self, prompt, negative_prompt):
+        return PromptPair(
+            torch.full((1, 3, 8), len(prompt) / 10.0), torch.full((1, 3, 8), -len(negative_prompt) / 10.0)
+        )
+
+    def model_output(self, video, timestep, context):
+        mixed = video + 0.1 * torch.roll(video, 1, dims=2)  # couples neighbouring frames, like a motion model
+        return 0.5 * torch.tanh(mixed) + 0.01 * context.mean(dim=(1, 2)).view(-1, 1, 1, 1, 1)
+
+    def to(self, device=None, dtype=None):
+        self.moves.append(str(device))
+        return self
+
+
+class EchoT2V(StubT2V):
+    """Returns the clean latent it is given: isolates what the orchestrator itself does."""
+
+    def denoise(self, clean, start, steps, stride, prompts, guidance, noise, before_call=None):
+        self.seen = dict(start=start, steps=steps, stride=stride)
+        return clean
+
+
+@pytest.fixture(scope="module")
+def t2i(model_cache):
+    from lib_elevator.loaders import load_t2i
+    from lib_elevator.tiny.t2i import build_tiny_t2i_folder
+
+    return load_t2i(build_tiny_t2i_folder(str(model_cache / "loop-sd1"), kind="sd1", seed=0))
+
+
+SMALL = dict(frames=4, refine_points="11,8,5,3", t2v_steps=2, t2v_grid_steps=12, inversion_prompt="negative")
+JOB = Job(prompt="a lighthouse", negative_prompt="blurry", width=32, height=32, steps=12, guidance=7.5, seed=3)
+
+
+def run_authors(t2i, settings, job, pnp=True):
+    return authors_loop(
+        t2i,
+        StubT2V(),
+        prompt=job.prompt,
+        negative_prompt=job.negative_prompt,
+        frames=settings.frames,
+        height=job.height,
+        width=job.width,
+        steps=job.steps,
+        guidance=job.guidance,
+        steps_remaining=[11, 8, 5, 3],
+        t2v_steps=settings.t2v_steps,
+        t2v_guidance=settings.t2v_guidance,
+        alpha=settings.noise_mix,
+        filter_spec=settings.filter_spec(),
+        pnp=pnp,
+        noise=TorchNoise(job.seed),
+        t2v_grid_steps=settings.t2v_grid_steps,
+    )
+
+
+def count_rows(t2i):
+    rows = []
+    handle = t2i.unet.register_forward_pre_hook(lambda module, args: rows.append(args[0].shape[0]))
+    return rows, handle
+
+
+@pytest.fixture(scope="module")
+def t2i_f64(t2i):
+    return copy.deepcopy(t2i).to(dtype=torch.float64)
+
+
+@pytest.mark.parametrize("pnp", [True, False])
+def test_loop_equals_the_authors_structure_with_fewer_evaluations(t2i_f64, pnp):
+    """In float64 the two loops agree to rounding: dropping the wasted evaluations changes nothing."""
+    settings = Settings(**SMALL, pnp=pnp)
+    rows, handle = count_rows(t2i_f64)
+    try:
+        ours = generate(t2i_f64, StubT2V(), JOB, settings, noise=TorchNoise(JOB.seed))
+        our_rows = sum(rows)
+    finally:
+        handle.remove()
+    reference, ref_rows = run_authors(t2i_f64, settings, JOB, pnp=pnp)
+    assert ours.latents.dtype == torch.float64
+    assert torch.allclose(ours.latents, reference.cpu(), atol=1e-10, rtol=0)
+    f = settings.frames
+    # refine at 1, 4, 7, 9 of 12; full inversion paths of 10, 7, 4, 2 steps; PnP pays only at steps 3
+    # and 6 (the step right after each refine reuses the main call, a refine step needs none)
+    assert ours.calls == {"t2i": 12, "t2v": 8, "inversion": 23, "pnp": (2 if pnp else 0)}
+    assert our_rows == 12 * 2 * f + 23 * f + ours.calls["pnp"] * f
+    # the authors: a cond+uncond PnP call at every step while a trajectory lasts: 2-4, 5-7, 8-9, 10
+    assert ref_rows["t2i"] == 12 * 2 * f + 23 * f + (9 * 2 * f if pnp else 0)
+
+
+def test_loop_in_float32_stays_close_to_the_float64_reference(t2i, t2i_f64):
+    settings = Settings(**SMALL)
+    ours = generate(t2i, StubT2V(), JOB, settings).latents
+    exact = generate(t2i_f64, StubT2V(), JOB, settings).latents
+    assert ours.dtype == torch.float32
+    # rounding of 12 steps and 4 refines through a random network; relative to values up to ~12
+    assert (ours.double() - exact).abs().max() < 1e-4
+
+
+def test_loop_is_deterministic_per_seed_and_pnp_matters(t2i):
+    settings = Settings(**SMALL)
+    a = generate(t2i, StubT2V(), JOB, settings)
+    b = generate(t2i, StubT2V(), JOB, settings)
+    c = generate(t2i, StubT2V(), Job(**{**JOB.__dict__, "seed": 4}), settings)
+    d = generate(t2i, StubT2V(), JOB, settings.replace(pnp=False))
+    assert torch.equal(a.latents, b.latents) and (a.frames == b.frames).all()
+    assert not torch.allclose(a.latents, c.latents)
+    assert not torch.allclose(a.latents, d.latents)
+
+
+def test_progress_reports_every_planned_call(t2i):
+    settings = Settings(**SMALL)
+    stages = []
+    generate(t2i, StubT2V(), JOB, settings, progress=stages.append)
+    plan = plan_refinement(settings, make_schedule(JOB.schedule, t2i, JOB.steps), StubT2V().alphas_cumprod)
+    assert len(stages) == planned_calls(plan, settings)
+
+
+def test_offloaded_t2v_visits_the_device_only_while_refining(t2i):
+    t2v = StubT2V()
+    generate(t2i, t2v, JOB, Settings(**SMALL), offload_t2v=True)
+    assert t2v.moves == ["cpu", "cpu"] * 4  # to the (CPU) device and back, at each of the 4 refine steps
+
+
+def test_bad_jobs_are_refused_before_any_work(t2i):
+    t2v = StubT2V()
+    with pytest.raises(SettingsError, match="width: must be a positive multiple of 8"):
+        generate(t2i, t2v, Job(prompt="x", width=30, height=32), Settings(**SMALL))
+    with pytest.raises(SettingsError, match="frames"):
+        generate(t2i, t2v, JOB, Settings(**{**SMALL, "frames": 1}))
+    with pytest.raises(SettingsError, match="refine_points.*falls on step"):
+        generate(t2i, t2v, JOB, Settings(**{**SMALL, "refine_points": "1"}))
+    with pytest.raises(SettingsError, match="t2v_steps: 8 T2V steps do not fit"):
+        generate(t2i, t2v, JOB, Settings(**{**SMALL, "t2v_steps": 8}))
+
+
+# ------------------------------------------------------------------------------- orchestrator
+
+
+def make_refiner(settings, t2v, schedule):
+    plan = plan_refinement(settings, schedule, t2v.alphas_cumprod)
+    return Refiner(t2v, settings, plan, t2v.encode_prompt("p", "n"), TorchNoise(0)), plan
+
+
+def test_orchestrator_with_an_echo_t2v_filters_except_at_the_last_step():
+    t2v = EchoT2V()
+    settings = Settings(frames=4, refine_points="10%,50%")
+    schedule = ddim_schedule(alphas_cumprod(), 20, set_alpha_to_one=True)
+    refiner, plan = make_refiner(settings, t2v, schedule)
+    clean = torch.randn(4, 4, 8, 8)
+    assert plan.refine_at == (2, 10)
+    assert torch.equal(refiner.refine_clean(10, clean), clean)  # last refine: no filter, echo T2V
+    assert torch.allclose(refiner.refine_clean(2, clean), temporal_lowpass(clean, settings.filter_spec()))
+    # T2V noise level: the T2V timestep with the T2I's sigma (same table here), stride 1000/50
+    assert t2v.seen == dict(start=1000 // 20 * (20 - 1 - 2) + 1, steps=8, stride=20)
+
+
+def test_orchestrator_maps_noise_levels_between_different_tables():
+    t2v = EchoT2V(beta_schedule="linear")  # AnimateDiff's table
+    schedule = ddim_schedule(alphas_cumprod(), 50, set_alpha_to_one=True)
+    refiner, plan = make_refiner(Settings(frames=2, refine_points="45"), t2v, schedule)
+    start = plan.t2v_start[5]
+    sigma_t2i = schedule.sigmas[5]
+    sigma_t2v = math.sqrt((1 - t2v.alphas_cumprod[start]) / t2v.alphas_cumprod[start])
+    assert start != 881 and abs(sigma_t2v / sigma_t2i - 1) < 0.01
+
+
+def test_orchestrator_returns_the_inversion_of_the_refined_latent():
+    t2v = EchoT2V()
+    schedule = ddim_schedule(alphas_cumprod(), 10, set_alpha_to_one=True)
+    refiner, plan = make_refiner(Settings(frames=2, refine_points="50%"), t2v, schedule)
+    clean = torch.randn(2, 4, 4, 4)
+    calls = []
+
+    def invert(x, sigma):
+        calls.append(sigma)
+        return torch.zeros_like(x)  # "everything is noise": each step adds (sigma_b - sigma_a) * x_in / sigma_b
+
+    trajectory = refiner.refine(5, clean, invert)
+    assert calls == plan.inversion_paths[5][1:] and list(trajectory) == calls
+    assert schedule.sigmas[6] in trajectory
