@@ -22,6 +22,15 @@ import torch
 Denoiser = Callable[[torch.Tensor, float], torch.Tensor]
 
 
+def denoised_from_output(x: torch.Tensor, sigma: float, output: torch.Tensor, prediction_type: str) -> torch.Tensor:
+    """Clean prediction for a k-form latent x at `sigma` from a UNet's raw output on the DDPM-form
+    input x / sqrt(1 + sigma^2): eps (x0 = x - sigma * eps) or v (x0 = sqrt(abar) x_t - sqrt(1-abar) v)."""
+    if prediction_type == "v_prediction":
+        scale = 1.0 / math.sqrt(1.0 + sigma * sigma)  # sqrt(abar); sqrt(1 - abar) = sigma * scale
+        return scale * (x * scale) - sigma * scale * output
+    return x - sigma * output
+
+
 def euler_step(x: torch.Tensor, denoised: torch.Tensor, sigma: float, sigma_next: float) -> torch.Tensor:
     """One deterministic DDIM (eta = 0) step = Euler step of the probability-flow ODE in sigma."""
     return x + (sigma_next - sigma) * (x - denoised) / sigma

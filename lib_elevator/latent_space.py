@@ -8,6 +8,7 @@ pixel space: decode with one VAE, encode (posterior mean, deterministic) with th
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -43,25 +44,50 @@ def needs_projection(t2i: LatentSpace, t2v: LatentSpace, mode: str = "auto") -> 
     return not t2i.same_as(t2v)
 
 
+@dataclass(frozen=True)
+class VaeCodec:
+    """A VAE as two calls: unscaled latents -> pixels in [-1, 1], and pixels -> unscaled latents
+    (the posterior mean, so projections are deterministic)."""
+
+    decode: Callable[[torch.Tensor], torch.Tensor]
+    encode: Callable[[torch.Tensor], torch.Tensor]
+    device: torch.device
+    dtype: torch.dtype
+
+
+def posterior_mean(vae, pixels: torch.Tensor) -> torch.Tensor:
+    """Deterministic encode of any KL-f8 autoencoder with `encoder` + `quant_conv` (diffusers, ldm
+    and sgm all have them): the first half of the moments is the mean."""
+    moments = vae.encoder(pixels)
+    if getattr(vae, "quant_conv", None) is not None:
+        moments = vae.quant_conv(moments)
+    return moments.chunk(2, dim=1)[0]
+
+
+def diffusers_codec(vae) -> VaeCodec:
+    return VaeCodec(lambda z: vae.decode(z).sample, lambda px: posterior_mean(vae, px), vae.device, vae.dtype)
+
+
 class LatentProjector:
     """Maps latents of one VAE's space into another's, `batch` frames at a time (bounds memory)."""
 
-    def __init__(self, source_vae, source_space: LatentSpace, target_vae, target_space: LatentSpace, batch: int = 4):
-        if source_vae is None or target_vae is None:
+    def __init__(self, source: VaeCodec, source_space: LatentSpace, target: VaeCodec, target_space: LatentSpace,
+                 batch: int = 4):
+        if source is None or target is None:
             raise ValueError("latent projection needs a VAE on both sides; the T2V model provides none")
-        self.source_vae, self.source_space = source_vae, source_space
-        self.target_vae, self.target_space = target_vae, target_space
+        self.source, self.source_space = source, source_space
+        self.target, self.target_space = target, target_space
         self.batch = max(1, int(batch))
 
     @torch.no_grad()
     def __call__(self, latents: torch.Tensor) -> torch.Tensor:
         out = []
         for chunk in latents.split(self.batch):
-            src = chunk.to(self.source_vae.device, self.source_vae.dtype) / self.source_space.scaling_factor
-            pixels = self.source_vae.decode(src).sample.clamp(-1, 1)
-            moments = self.target_vae.encode(pixels.to(self.target_vae.device, self.target_vae.dtype)).latent_dist.mean
-            out.append((moments * self.target_space.scaling_factor).to(latents.device, torch.float32))
+            z = chunk.to(self.source.device, self.source.dtype) / self.source_space.scaling_factor
+            pixels = self.source.decode(z).clamp(-1, 1)
+            mean = self.target.encode(pixels.to(self.target.device, self.target.dtype))
+            out.append((mean * self.target_space.scaling_factor).to(latents.device, latents.dtype))
         return torch.cat(out)
 
     def reverse(self) -> LatentProjector:
-        return LatentProjector(self.target_vae, self.target_space, self.source_vae, self.source_space, self.batch)
+        return LatentProjector(self.target, self.target_space, self.source, self.source_space, self.batch)

@@ -90,6 +90,18 @@ def ddim_timesteps(steps: int, num_train_timesteps: int = 1000, spacing: str = "
     return sorted(ts, reverse=True)
 
 
+def webui_ddim_timesteps(steps: int, num_train_timesteps: int = 1000) -> list[int]:
+    """Descending timesteps of the WebUI's DDIM/PLMS samplers: range(0, 1000, 1000 // steps) + 1.
+
+    That is `steps` values when 1000 is a multiple of `steps` (50 -> 981 ... 1, 49 updates) and one
+    more otherwise (16 -> 993 ... 1 in steps of 62: 17 values, 16 updates).
+    """
+    if not 1 <= steps <= num_train_timesteps:
+        raise ValueError(f"steps must be between 1 and {num_train_timesteps}; got {steps}")
+    ts = [min(t + 1, num_train_timesteps - 1) for t in range(0, num_train_timesteps, num_train_timesteps // steps)]
+    return sorted(ts, reverse=True)
+
+
 @dataclass(frozen=True)
 class SigmaSchedule:
     """What a sampler runs: model evaluations at sigmas[0..S-1], ending at sigmas[S].
@@ -117,10 +129,10 @@ def ddim_schedule(
     """Sigma schedule of a DDIM sampler.
 
     final_step=True is diffusers' DDIMScheduler: after the last timestep it steps to abar = 1
-    (set_alpha_to_one) or abar_0. final_step=False is the WebUI's DDIM sampler, which makes one
-    model call fewer and stops at the last timestep (t = 1).
+    (set_alpha_to_one) or abar_0. final_step=False is the WebUI's DDIM sampler, which stops at its
+    last timestep (t = 1) and builds its timesteps its own way (`webui_ddim_timesteps`).
     """
-    ts = ddim_timesteps(steps, len(table), spacing, offset)
+    ts = ddim_timesteps(steps, len(table), spacing, offset) if final_step else webui_ddim_timesteps(steps, len(table))
     sigmas = [sigma_of_alpha(table[t]).item() for t in ts]
     clean = 0.0 if set_alpha_to_one else sigma_of_alpha(table[0]).item()
     if final_step:

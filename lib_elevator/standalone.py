@@ -22,7 +22,7 @@ import torch
 from lib_elevator.cross_frame import cross_frame_attention
 from lib_elevator.elevator import RefinePlan, Refiner, plan_refinement
 from lib_elevator.inversion import euler_step, pnp_correction
-from lib_elevator.latent_space import LatentProjector, needs_projection
+from lib_elevator.latent_space import LatentProjector, diffusers_codec, needs_projection
 from lib_elevator.noise import NoiseSource, TorchNoise, mixed_noise
 from lib_elevator.schedule import SigmaSchedule, ddim_schedule
 from lib_elevator.settings import Settings, SettingsError
@@ -44,7 +44,7 @@ class Job:
     guidance: float = 7.5
     seed: int = 0
     # "diffusers-ddim": diffusers' DDIMScheduler with the model's config (the authors' sampler);
-    # "webui-ddim": the WebUI's DDIM sampler (same timesteps, one model call fewer, stops at t=1).
+    # "webui-ddim": the WebUI's DDIM sampler (its own timesteps, stops at t=1; 50 steps -> 49 calls).
     schedule: str = "diffusers-ddim"
 
 
@@ -67,7 +67,7 @@ def make_schedule(name: str, t2i: T2IModel, steps: int) -> SigmaSchedule:
             final_step=True,
         )
     if name == "webui-ddim":
-        return ddim_schedule(t2i.alphas_cumprod, steps, "leading", 1, final_step=False)
+        return ddim_schedule(t2i.alphas_cumprod, steps, final_step=False)
     raise SettingsError("schedule", f"must be one of {', '.join(SCHEDULES)}; got {name!r}")
 
 
@@ -135,7 +135,9 @@ def generate(
 
     to_t2v = to_t2i = None
     if needs_projection(t2i.latent_space, t2v.latent_space, settings.latent_projection):
-        to_t2v = LatentProjector(t2i.vae, t2i.latent_space, t2v.vae, t2v.latent_space)
+        if t2v.vae is None:
+            raise SettingsError("latent_projection", f"the T2V model {t2v.name} has no VAE to project latents with")
+        to_t2v = LatentProjector(diffusers_codec(t2i.vae), t2i.latent_space, diffusers_codec(t2v.vae), t2v.latent_space)
         to_t2i = to_t2v.reverse()
     refiner = Refiner(
         t2v,

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import torch
 
 from lib_elevator.dtypes import working_dtype
-from lib_elevator.inversion import Denoiser
+from lib_elevator.inversion import Denoiser, denoised_from_output
 from lib_elevator.latent_space import SD1_LATENTS, SDXL_LATENTS, LatentSpace
 from lib_elevator.schedule import alphas_cumprod, timestep_of_sigma
 
@@ -120,10 +120,7 @@ class T2IModel:
             scale = 1.0 / math.sqrt(1.0 + sigma * sigma)
             t = timestep_of_sigma(self.alphas_cumprod, sigma)
             out = self.model_output(x * scale, t, cond).to(working_dtype(x))
-            if self.prediction_type == "v_prediction":
-                # x0 = sqrt(abar) * x_t - sqrt(1 - abar) * v, with x_t = x * scale and sqrt(abar) = scale
-                return scale * (x * scale) - sigma * scale * out
-            return x - sigma * out
+            return denoised_from_output(x, sigma, out, self.prediction_type)
 
         return denoise
 

@@ -17,6 +17,7 @@ from lib_elevator.schedule import (
     refine_indices,
     sigma_of_alpha,
     timestep_of_sigma,
+    webui_ddim_timesteps,
 )
 
 # ------------------------------------------------------------------------------------ noise
@@ -183,6 +184,10 @@ def test_ddim_schedule_endings():
     webui_like = ddim_schedule(table, 50, final_step=False)
     assert webui_like.steps == 49 and webui_like.sigmas[-1] == pytest.approx(sigma_of_alpha(table[1]).item())
     assert webui_like.clean_sigma == 0.0
+    # the WebUI's own timesteps: range(0, 1000, 1000 // steps) + 1, one more when 1000 % steps != 0
+    assert webui_ddim_timesteps(50) == ddim_timesteps(50, 1000, "leading", 1)
+    assert webui_ddim_timesteps(16) == [993 - 62 * k for k in range(17)]
+    assert ddim_schedule(table, 16, final_step=False).steps == 16
 
 
 def test_refine_points_in_both_notations_agree_with_the_paper():

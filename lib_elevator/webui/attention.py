@@ -1,0 +1,63 @@
+"""Cross-frame attention inside the WebUI's own UNet (ldm for SD1/SD2, sgm for SDXL).
+
+Every `BasicTransformerBlock.attn1` of the loaded UNet gets an instance-level `forward` that builds
+the anchor context and calls the class's *current* `forward` with it, so whichever optimised
+attention the host selected (xformers, sdp, sub-quadratic, ...) does the work, and LoRA and
+hypernetworks apply as usual. The module objects are not replaced (their names matter to LoRA).
+
+The wrappers are removed again after every job (`remove`), only when they are still ours: an
+extension that wrapped on top of us keeps its wrapper.
+"""
+
+from __future__ import annotations
+
+from lib_elevator.cross_frame import anchor_context
+
+MARK = "_videoelevator_cross_frame"
+
+
+def self_attention_modules(unet) -> list:
+    """The attn1 modules of every transformer block (ldm or sgm), skipping blocks whose attn1 is
+    cross-attention (`disable_self_attn`)."""
+    found = []
+    for module in unet.modules():
+        if type(module).__name__ != "BasicTransformerBlock" or not hasattr(module, "attn1"):
+            continue
+        if getattr(module, "disable_self_attn", False):
+            continue
+        found.append(module.attn1)
+    return found
+
+
+def make_forward(attn, frames: int, anchor: str):
+    def forward(x, context=None, mask=None, **kwargs):
+        if context is None:
+            context = anchor_context(x, frames, anchor)
+        return type(attn).forward(attn, x, context=context, mask=mask, **kwargs)
+
+    setattr(forward, MARK, True)
+    return forward
+
+
+def install(unet, frames: int, anchor: str) -> list:
+    """Patch the UNet's self-attention; returns the patched modules (for `remove`)."""
+    modules = self_attention_modules(unet)
+    if not modules:
+        raise RuntimeError("VideoElevator found no self-attention layers in the loaded UNet (unsupported model)")
+    for attn in modules:
+        attn.forward = make_forward(attn, frames, anchor)
+    return modules
+
+
+def remove(modules) -> None:
+    for attn in modules:
+        wrapper = attn.__dict__.get("forward")
+        if wrapper is not None and getattr(wrapper, MARK, False):
+            del attn.forward
+
+
+def remove_everywhere(unet) -> int:
+    """Defensive clean-up of any wrapper of ours left on `unet` (e.g. after a crash)."""
+    leftovers = [attn for attn in self_attention_modules(unet) if getattr(attn.__dict__.get("forward"), MARK, False)]
+    remove(leftovers)
+    return len(leftovers)

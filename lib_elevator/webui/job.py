@@ -1,0 +1,319 @@
+"""One VideoElevator job inside the WebUI, from the Script hooks' point of view.
+
+Frames are the batch of a txt2img job (p.batch_size = frames; batch count = videos). The Script
+hooks call the functions at the bottom of this file:
+
+    before_process               parse and check the arguments, set the batch size, wrap p.sample
+    process_before_every_sampling mix the initial noise, patch attention, wrap the sampler function
+    postprocess_batch             write the video of this batch
+    postprocess                   report the videos (UI gallery, API info)
+
+Exceptions raised inside script hooks are swallowed by the host, so nothing that can fail on bad
+input runs there: errors are kept and raised from our `p.sample` wrapper (or from the sampler
+function wrapper), where they stop the job with their message in the UI and the API. The same
+wrapper's `finally` removes every patch, whatever happens (success, error, interrupt, skip).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+from modules import devices, prompt_parser, sd_samplers_common, shared
+
+from lib_elevator.elevator import Refiner, plan_refinement
+from lib_elevator.latent_space import LatentProjector, diffusers_codec, needs_projection
+from lib_elevator.noise import TorchNoise, mix_noise
+from lib_elevator.settings import SettingsError
+from lib_elevator.standalone import pnp_calls
+from lib_elevator.webui import attention, compat, host_model, models, outputs
+from lib_elevator.webui.args import INFOTEXT_KEY, ElevatorArgs, from_positional, is_enabled, to_infotext
+from lib_elevator.webui.sampler_hook import TIMESTEPS, HostSchedule, RefineHooks, segmented
+
+log = logging.getLogger("videoelevator")
+JOB_ATTR = "_videoelevator_job"
+
+
+class VideoElevatorError(RuntimeError):
+    """Stops a job with a message meant for the user."""
+
+
+class WebUIJob(RefineHooks):
+    def __init__(self, p, parsed: ElevatorArgs, model: dict):
+        self.p, self.parsed, self.settings, self.model = p, parsed, parsed.settings, model
+        self.frames = parsed.settings.frames
+        self.pnp = parsed.settings.pnp
+        self.patched: list = []
+        self.hook_error: BaseException | None = None
+        self.sampled = False  # the wrapped sampler function ran in this job
+        self.videos: list = []  # WrittenVideo per batch
+        self.captured_cfg = None  # the host CFG denoiser's inputs of its latest call (this job only)
+        self.captured_cond: list = []  # (cond rows in, cond rows out) of its latest calls
+        self.extra_done = 0
+
+    # ------------------------------------------------------------------------ sampling setup
+    def before_every_sampling(self, x: torch.Tensor) -> None:
+        p = self.p
+        unet = shared.sd_model.model.diffusion_model
+        if getattr(p, "is_hr_pass", False):
+            # hires fix: the frames are upscaled as one batch, with cross-frame attention again
+            self.patched += attention.install(unet, self.frames, self.settings.anchor)
+            return
+        if x.shape[0] != self.frames:
+            raise VideoElevatorError(f"the batch has {x.shape[0]} latents, expected {self.frames} frames")
+        # One noise source per video: the shared base noise first, then every SDEdit draw.
+        self.noise = TorchNoise(int(p.seeds[0]))
+        base = self.noise.randn((1, *x.shape[1:])).to(x.device, x.dtype)
+        x.copy_(mix_noise(base, x, self.settings.noise_mix))  # in place: this tensor goes to the sampler
+        self.patched += attention.install(unet, self.frames, self.settings.anchor)
+        p.sampler.func = segmented(p.sampler.func, self, shared.sd_model.alphas_cumprod, on_run=self.on_run)
+
+    # ------------------------------------------------------------------------ RefineHooks
+    def plan(self, schedule):
+        self.sampled = True
+        self.schedule = schedule
+        self.t2v = models.get_t2v(self.model)
+        if self.frames > getattr(self.t2v, "max_frames", self.frames):
+            raise SettingsError("frames", f"the motion module {self.t2v.name} handles at most "
+                                          f"{self.t2v.max_frames} frames; {self.frames} were asked for")
+        self.refine_plan = plan_refinement(self.settings, schedule, self.t2v.alphas_cumprod)
+        sd_model = shared.sd_model
+        t2i_space = host_model.latent_space(sd_model)
+        to_t2v = to_t2i = None
+        if needs_projection(t2i_space, self.t2v.latent_space, self.settings.latent_projection):
+            if self.t2v.vae is None:
+                raise SettingsError("t2v_model", f"{self.t2v.name} has no VAE to project SDXL latents with")
+            to_t2v = LatentProjector(host_model.host_codec(sd_model), t2i_space, diffusers_codec(self.t2v.vae),
+                                     self.t2v.latent_space)
+            to_t2i = to_t2v.reverse()
+        prompts = self.t2v.encode_prompt(plain_text(self.settings.t2v_prompt or self.p.prompts[0]),
+                                         plain_text(self.settings.t2v_negative_prompt or self.p.negative_prompts[0]))
+        self.refiner = Refiner(self.t2v, self.settings, self.refine_plan, prompts, self.noise, to_t2v=to_t2v,
+                               to_t2i=to_t2i, before_call=self.before_call, device=devices.device,
+                               offload=models.offload_wanted())
+        return self.refine_plan
+
+    def on_run(self, schedule: HostSchedule, plan) -> None:
+        self.host_schedule = schedule
+        extra = plan.t2v_calls(self.settings.t2v_steps) + plan.inversion_calls()
+        extra += pnp_calls(plan) if self.pnp else 0
+        shared.state.sampling_steps = schedule.steps + extra
+        self.extra_done = 0
+
+    def before_call(self, stage: str) -> None:
+        state = shared.state
+        if state.interrupted or state.skipped:
+            raise sd_samplers_common.InterruptedException
+        self.extra_done += 1
+        state.sampling_step += 1
+        state.textinfo = f"VideoElevator: {stage}"
+
+    def host_step(self, index: int) -> None:
+        shared.state.sampling_step = index + self.extra_done
+
+    def _text_rows(self, which: str):
+        params = self.captured_cfg
+        if params is None:
+            raise VideoElevatorError("the host's CFG denoiser was not seen before the first refine step")
+        rows = self.frames
+        cond_image = params.image_cond[:rows]
+        if which == "cond":
+            return params.text_cond, cond_image
+        if self.settings.inversion_prompt == "negative":
+            return params.text_uncond, params.image_cond[rows : 2 * rows] if params.image_cond.shape[0] >= 2 * rows \
+                else cond_image
+        if not hasattr(self, "empty_cond"):
+            self.empty_cond = host_model.repeat_rows(shared.sd_model.get_learned_conditioning([""]), rows)
+        return self.empty_cond, cond_image
+
+    def refine(self, index: int, denoised: torch.Tensor) -> dict:
+        text, image = self._text_rows("inversion")
+        invert = host_model.host_denoiser(shared.sd_model, text, image)
+        with memory_for_t2v():
+            return self.refiner.refine(index, denoised.float(), invert)
+
+    def cond_denoised(self, latent: torch.Tensor, sigma: float) -> torch.Tensor:
+        self.before_call("pnp")
+        text, image = self._text_rows("cond")
+        return host_model.host_denoiser(shared.sd_model, text, image)(latent, sigma)
+
+    def reused_cond_denoised(self, schedule: HostSchedule, position: int, host_x: torch.Tensor):
+        """The host's own cond prediction at `position` when its input was exactly `host_x`."""
+        for x_in, out in reversed(self.captured_cond):
+            if x_in.shape == host_x.shape and torch.equal(x_in, host_x):
+                if schedule.family != TIMESTEPS:
+                    return out.float()
+                sigma = schedule.sigmas[position]  # DDIM/PLMS: the host's output is eps, x is DDPM form
+                x_k = host_x * math.sqrt(1.0 + sigma**2)
+                return x_k - sigma * out.float()
+        return None
+
+    # ------------------------------------------------------------------------ CFG callbacks
+    def seen_cfg(self, params) -> None:
+        self.captured_cfg = params
+
+    def seen_denoised(self, params) -> None:
+        cfg = self.captured_cfg
+        if cfg is None or cfg.x.shape[0] < self.frames:
+            return
+        self.captured_cond = [*self.captured_cond[-1:], (cfg.x[: self.frames], params.x[: self.frames])]
+
+    # ------------------------------------------------------------------------ clean-up
+    def release(self) -> None:
+        attention.remove(self.patched)
+        self.patched = []
+        self.captured_cfg, self.captured_cond = None, []
+        if models.offload_wanted() and getattr(self, "t2v", None) is not None:
+            self.t2v.to("cpu")
+        devices.torch_gc()
+
+
+class memory_for_t2v:
+    """With --medvram/--lowvram, evict the host's modules from the GPU before T2V work; the host's
+    hooks bring them back on the next UNet call."""
+
+    def __enter__(self):
+        if getattr(shared.sd_model, "lowvram", False):
+            from modules import lowvram
+
+            lowvram.send_everything_to_cpu()
+
+    def __exit__(self, *exc):
+        devices.torch_gc()
+        return False
+
+
+def plain_text(prompt: str) -> str:
+    """A WebUI prompt as plain text for the T2V text encoder: attention weights like (word:1.2)
+    removed (LoRA tags are already gone from p.prompts)."""
+    return "".join(text for text, _ in prompt_parser.parse_prompt_attention(prompt or "")).strip()
+
+
+# ---------------------------------------------------------------------------------- Script hooks
+
+
+def job_of(p):
+    return getattr(p, JOB_ATTR, None)
+
+
+def before_process(p, args) -> None:
+    unet = getattr(getattr(getattr(shared.sd_model, "model", None), "diffusion_model", None), "modules", None)
+    if unet is not None:
+        attention.remove_everywhere(shared.sd_model.model.diffusion_model)  # leftovers of a crashed job
+    if not is_enabled(args):
+        return
+    try:
+        parsed = from_positional(args)
+        compat.check_job(p.sampler_name, p.prompt, p.negative_prompt, getattr(p, "refiner_checkpoint", None))
+        check_host_model()
+        model = models.resolve(parsed.t2v_model)
+    except (SettingsError, ValueError, FileNotFoundError) as error:
+        fail_job(p, error)
+        return
+    job = WebUIJob(p, parsed, model)
+    setattr(p, JOB_ATTR, job)
+    p.batch_size = parsed.settings.frames
+    p.do_not_save_grid = True
+    p.extra_generation_params[INFOTEXT_KEY] = to_infotext(parsed)
+    wrap_sample(p, job)
+
+
+def check_host_model() -> None:
+    sd_model = shared.sd_model
+    if getattr(sd_model, "is_sd3", False):
+        raise SettingsError("checkpoint", "SD3 checkpoints are not supported; load an SD1.x, SD2.x or SDXL checkpoint")
+    if getattr(getattr(sd_model, "model", None), "conditioning_key", "crossattn") not in ("crossattn", "hybrid"):
+        raise SettingsError("checkpoint", "this checkpoint's conditioning is not supported (unCLIP/edit models)")
+    if getattr(shared.opts, "hypertile_enable_unet", False) or shared.opts.data.get("hypertile_enable_unet"):
+        raise SettingsError("hypertile", "Hypertile U-Net retiles the batch and breaks cross-frame attention; "
+                                         "turn it off in Settings > Hypertile")
+    from modules import sd_unet
+
+    if getattr(sd_unet, "current_unet", None) is not None:
+        raise SettingsError("sd_unet", "an alternative UNet (e.g. TensorRT) is active; it bypasses attention patches")
+
+
+def user_error(p, error: BaseException) -> Exception:
+    """The exception that stops a job over bad input: an HTTP 422 for API clients (the host keeps an
+    HTTPException's status), a plain message for the UI."""
+    message = f"VideoElevator: {error}"
+    log.error(message)
+    if getattr(p, "is_api", False):
+        from fastapi import HTTPException
+
+        return HTTPException(status_code=422, detail=message)
+    return VideoElevatorError(message)
+
+
+def fail_job(p, error: BaseException) -> None:
+    def refuse(*args, **kwargs):
+        raise user_error(p, error)
+
+    p.sample = refuse
+
+
+def wrap_sample(p, job: WebUIJob) -> None:
+    original = p.sample
+
+    def sample(*args, **kwargs):
+        try:
+            result = original(*args, **kwargs)
+        except (SettingsError, FileNotFoundError) as error:  # found when planning, before any sampler step
+            raise user_error(p, error) from error
+        finally:
+            job.release()
+        if job.hook_error is not None:
+            raise VideoElevatorError(f"VideoElevator: {job.hook_error}") from job.hook_error
+        if not job.sampled and not (shared.state.interrupted or shared.state.skipped):
+            raise VideoElevatorError("VideoElevator could not attach to the sampler; nothing was refined")
+        return result
+
+    p.sample = sample
+
+
+def process_before_every_sampling(p, x) -> None:
+    job = job_of(p)
+    if job is None:
+        return
+    try:
+        job.before_every_sampling(x)
+    except Exception as error:  # the host would swallow it; our p.sample wrapper re-raises it
+        job.hook_error = error
+        log.exception("VideoElevator could not prepare sampling")
+
+
+def postprocess_batch(p, images, batch_number: int) -> None:
+    job = job_of(p)
+    if job is None or images is None:
+        return
+    frames = (images.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    job.videos.append(outputs.write_batch(p, job.settings, frames, batch_number))
+
+
+def postprocess(p, processed) -> None:
+    job = job_of(p)
+    if job is None:
+        return
+    outputs.report(p, processed, job.videos)
+
+
+# ---------------------------------------------------------------------------------- CFG callbacks
+# Global host callbacks, gated by job identity. `on_cfg_denoised` carries no reference to its job,
+# but it fires later in the same CFG-denoiser call as `on_cfg_denoiser`, so the job seen there is
+# remembered for it.
+_job_in_cfg_call: WebUIJob | None = None
+
+
+def on_cfg_denoiser(params) -> None:
+    global _job_in_cfg_call
+    _job_in_cfg_call = job_of(getattr(params.denoiser, "p", None))
+    if _job_in_cfg_call is not None:
+        _job_in_cfg_call.seen_cfg(params)
+
+
+def on_cfg_denoised(params) -> None:
+    global _job_in_cfg_call
+    if _job_in_cfg_call is not None:
+        _job_in_cfg_call.seen_denoised(params)
+    _job_in_cfg_call = None

@@ -1,0 +1,115 @@
+"""T2V models inside the WebUI: where they are looked for, resolving a name, and the loaded-model
+cache (a model is loaded once and kept, on the GPU or offloaded to the CPU by policy)."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from modules import devices, paths, shared
+
+from lib_elevator.settings import SettingsError
+from lib_elevator.t2v.registry import list_t2v_models, load_t2v
+
+OFFLOAD_POLICIES = ("auto", "always", "never")
+_cache: dict[tuple, object] = {}
+_base_cache: dict[tuple, object] = {}
+_lock = threading.Lock()
+
+
+def main_folder() -> str:
+    configured = shared.opts.data.get("videoelevator_model_dir", "") or getattr(
+        shared.cmd_opts, "videoelevator_models_dir", None
+    )
+    return configured or os.path.join(paths.models_path, "VideoElevator")
+
+
+def model_folders() -> list[tuple[str, str]]:
+    """(label, folder): ours first, then where other extensions keep models users already have."""
+    models = paths.models_path
+    candidates = [
+        ("VideoElevator", main_folder()),
+        ("text2video", os.path.join(models, "text2video")),
+        ("AnimateDiff", os.path.join(models, "AnimateDiff")),
+        ("AnimateDiff", os.path.join(paths.extensions_dir, "sd-webui-animatediff", "model")),
+    ]
+    return [(label, folder) for label, folder in candidates if os.path.isdir(folder)]
+
+
+def list_models() -> list[dict]:
+    """Usable T2V models with unique display names: {"name", "path", "kind", "folder"}."""
+    models, seen = [], set()
+    for label, folder in model_folders():
+        for model in list_t2v_models([folder]):
+            name = model["name"] if model["name"] not in seen else f"{label}/{model['name']}"
+            seen.add(name)
+            models.append({**model, "name": name, "folder": label})
+    return models
+
+
+def model_names() -> list[str]:
+    return [model["name"] for model in list_models()]
+
+
+def resolve(name: str) -> dict:
+    """The model entry called `name`. Only names of models found in the model folders resolve, so an
+    API caller cannot point the extension at arbitrary paths."""
+    if not name:
+        raise SettingsError("t2v_model", f"choose a T2V model; put one in {main_folder()}")
+    for model in list_models():
+        if model["name"] == name:
+            return model
+    available = ", ".join(model_names()) or f"none (put models in {main_folder()})"
+    raise SettingsError("t2v_model", f"no T2V model named {name!r}; available: {available}")
+
+
+def offload_wanted() -> bool:
+    policy = shared.opts.data.get("videoelevator_offload", "auto")
+    if policy == "always":
+        return True
+    if policy == "never":
+        return False
+    opts = shared.cmd_opts
+    return bool(getattr(opts, "medvram", False) or getattr(opts, "lowvram", False)
+                or (getattr(opts, "medvram_sdxl", False) and getattr(shared.sd_model, "is_sdxl", False)))
+
+
+def host_checkpoint_base():
+    """The loaded checkpoint's file as a diffusers SD1 model, for AnimateDiff motion modules (cached
+    per file; the host's LoRAs are not part of it)."""
+    from lib_elevator.loaders import load_t2i
+
+    info = getattr(shared.sd_model, "sd_checkpoint_info", None)
+    if info is None or not getattr(shared.sd_model, "is_sd1", False):
+        raise SettingsError("t2v_model", "AnimateDiff motion modules need a SD1.x checkpoint loaded in the WebUI")
+    key = (info.filename, str(devices.device), str(devices.dtype))
+    if key not in _base_cache:
+        _base_cache.clear()
+        yaml = os.path.splitext(info.filename)[0] + ".yaml"
+        _base_cache[key] = load_t2i(info.filename, device="cpu" if offload_wanted() else devices.device,
+                                    dtype=devices.dtype, config_file=yaml if os.path.exists(yaml) else None)
+    return _base_cache[key]
+
+
+def get_t2v(model: dict):
+    """The loaded backend for a model entry; loaded on first use and cached."""
+    offload = offload_wanted()
+    device = "cpu" if offload else devices.device
+    with _lock:
+        base = host_checkpoint_base() if model["kind"] in ("animatediff", "animatelcm") else None
+        key = (model["path"], str(devices.dtype), id(base))
+        backend = _cache.get(key)
+        if backend is None:
+            _cache.clear()  # one T2V model at a time: they are large
+            backend = load_t2v(model["path"], base=base, device=device, dtype=devices.dtype)
+            _cache[key] = backend
+        elif str(backend.device) != str(device):
+            backend.to(device)
+    return backend
+
+
+def unload() -> None:
+    with _lock:
+        _cache.clear()
+        _base_cache.clear()
+    devices.torch_gc()

@@ -1,0 +1,209 @@
+"""The extension inside a real AUTOMATIC1111 WebUI (v1.10.1), through its HTTP API.
+
+Runs only where a host is configured: set VIDEOELEVATOR_WEBUI_URL (e.g. http://127.0.0.1:7861) to
+a WebUI started with this extension installed, the tiny random-weight SD1 checkpoint loaded and a
+tiny ZeroScope model in models/VideoElevator; docs/webui-testing.md says how (a few minutes, no
+downloads). Without it every test here is skipped with that reason.
+"""
+
+import base64
+import io
+import json
+import os
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+URL = os.environ.get("VIDEOELEVATOR_WEBUI_URL", "").rstrip("/")
+pytestmark = pytest.mark.skipif(not URL, reason="no WebUI host configured (set VIDEOELEVATOR_WEBUI_URL; "
+                                                "see docs/webui-testing.md)")
+
+
+def request(path, payload=None, timeout=900):
+    data = json.dumps(payload).encode() if payload is not None else None
+    req = urllib.request.Request(URL + path, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as response:
+            return response.status, json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
+
+
+def job(seed=123, sampler="Euler", steps=12, ve=None, **fields):
+    payload = dict(prompt="a lighthouse in a storm", negative_prompt="blurry", steps=steps, cfg_scale=7.5,
+                   width=64, height=64, seed=seed, sampler_name=sampler, batch_size=1, n_iter=1)
+    payload.update(fields)
+    if ve is not None:
+        payload["alwayson_scripts"] = {"VideoElevator": {"args": [ve]}}
+    return payload
+
+
+def frames_of(body):
+    return [np.array(Image.open(io.BytesIO(base64.b64decode(image))).convert("RGB")) for image in body["images"]]
+
+
+def videos_of(body):
+    return json.loads(body["info"])["extra_generation_params"]["videoelevator"]["videos"]
+
+
+@pytest.fixture(scope="module")
+def t2v_name():
+    status, body = request("/videoelevator/v1/models")
+    assert status == 200
+    names = [m["name"] for m in body["models"] if m["kind"] == "zeroscope"]
+    if not names:
+        pytest.skip(f"no ZeroScope model in {body['model_folder']} (docs/webui-testing.md)")
+    return names[0]
+
+
+def elevated(t2v_name, **settings):
+    return {"enable": True, "t2v_model": t2v_name, "frames": 4, "refine_points": "25%,50%,75%", "t2v_steps": 3,
+            "formats": ["MP4", "GIF"], **settings}
+
+
+def test_models_route_lists_kinds(t2v_name):
+    status, body = request("/videoelevator/v1/models")
+    assert status == 200
+    assert {"name": t2v_name, "kind": "zeroscope", "folder": "VideoElevator"} in body["models"]
+
+
+def test_enabled_call_returns_frames_and_a_playable_video(t2v_name):
+    from lib_elevator.video_io import read_mp4_frame_count
+
+    status, body = request("/sdapi/v1/txt2img", job(ve=elevated(t2v_name)))
+    assert status == 200, body
+    frames = frames_of(body)
+    assert len(frames) == 4 and all(f.shape == (64, 64, 3) for f in frames)
+    videos = {v["format"]: v for v in videos_of(body)}
+    assert set(videos) == {"MP4", "GIF"} and os.path.exists(videos["MP4"]["path"])
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "v.mp4")
+        with open(path, "wb") as f:
+            f.write(base64.b64decode(videos["MP4"]["base64"]))
+        assert read_mp4_frame_count(path) == 4
+    gif = Image.open(io.BytesIO(base64.b64decode(videos["GIF"]["base64"])))
+    assert gif.n_frames == 4
+    info = json.loads(body["info"])
+    assert '"frames":4' in info["infotexts"][0].replace("\\", "")
+
+
+def test_same_call_twice_gives_identical_frames(t2v_name):
+    first = frames_of(request("/sdapi/v1/txt2img", job(ve=elevated(t2v_name)))[1])
+    second = frames_of(request("/sdapi/v1/txt2img", job(ve=elevated(t2v_name)))[1])
+    assert all((a == b).all() for a, b in zip(first, second))
+
+
+def test_plain_calls_are_untouched_by_enabled_and_interrupted_jobs(t2v_name):
+    plain = job(seed=7, batch_size=2)
+    before = frames_of(request("/sdapi/v1/txt2img", plain)[1])
+    assert request("/sdapi/v1/txt2img", job(ve=elevated(t2v_name)))[0] == 200
+
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(
+        zip(("status", "body"), request("/sdapi/v1/txt2img", job(steps=40, ve=elevated(t2v_name, frames=6)))))
+    )
+    worker.start()
+    time.sleep(3)
+    request("/sdapi/v1/interrupt", {})
+    worker.join()
+    assert result["status"] == 200 and len(frames_of(result["body"])) == 6  # what was done is kept
+
+    after = frames_of(request("/sdapi/v1/txt2img", plain)[1])
+    assert all((a == b).all() for a, b in zip(before, after))
+
+
+@pytest.mark.parametrize("ve, field", [
+    ({"enable": True, "frames": 4, "bogus": 1}, "bogus"),
+    ({"enable": True, "frames": 1}, "frames"),
+    ({"enable": True, "frames": "many"}, "frames"),
+    ({"enable": True, "t2v_model": "../../Stable-diffusion/tiny-sd1.safetensors"}, "t2v_model"),
+    ({"enable": True, "refine_points": "150%"}, "refine_points"),
+    ({"enable": True, "formats": ["AVI"]}, "formats"),
+])
+def test_bad_arguments_are_refused_with_a_4xx_naming_the_field(t2v_name, ve, field):
+    settings = {"t2v_model": t2v_name, **ve}
+    status, body = request("/sdapi/v1/txt2img", job(ve=settings))
+    assert status == 422 and body["field"] == field and field in body["detail"]
+
+
+def test_t2v_steps_that_do_not_fit_the_schedule_are_refused_before_sampling(t2v_name):
+    status, body = request("/sdapi/v1/txt2img", job(sampler="DPM++ 2M", ve=elevated(t2v_name, t2v_steps=3)))
+    assert status == 422 and "t2v_steps" in body["detail"] and "do not fit" in body["detail"]
+
+
+def test_unsupported_sampler_is_refused(t2v_name):
+    status, body = request("/sdapi/v1/txt2img", job(sampler="UniPC", ve=elevated(t2v_name)))
+    assert status == 422 and body["field"] == "sampler_name"
+
+
+def test_args_may_be_a_single_dict(t2v_name):
+    payload = job()
+    payload["alwayson_scripts"] = {"videoelevator": {"args": elevated(t2v_name, formats=["GIF"])}}
+    status, body = request("/sdapi/v1/txt2img", payload)
+    assert status == 200 and len(frames_of(body)) == 4
+
+
+@pytest.mark.parametrize("sampler", ["Euler a", "DPM++ 2M", "Heun", "DDIM", "PLMS", "LCM"])
+def test_samplers(t2v_name, sampler):
+    # 60%: Karras schedules (DPM++ 2M) are low in noise late on; 75% leaves room for 2 T2V steps only
+    ve = elevated(t2v_name, refine_points="25%,60%", formats=["GIF"])
+    status, body = request("/sdapi/v1/txt2img", job(sampler=sampler, ve=ve))
+    assert status == 200, body
+    assert len(frames_of(body)) == 4 and videos_of(body)
+
+
+def test_hires_fix_upscales_every_frame(t2v_name):
+    status, body = request("/sdapi/v1/txt2img", job(ve=elevated(t2v_name, formats=["GIF"]), enable_hr=True,
+                                                    hr_scale=1.5, hr_upscaler="Latent", denoising_strength=0.5,
+                                                    hr_second_pass_steps=4))
+    assert status == 200, body
+    frames = frames_of(body)
+    assert len(frames) == 4 and all(f.shape == (96, 96, 3) for f in frames)
+
+
+class HostNoise:
+    """The draws the WebUI job makes, for the standalone pipeline: the base noise from the job's
+    generator, then the host's per-frame seeds (seed + k) as residual, then the job's generator."""
+
+    def __init__(self, seed):
+        from lib_elevator.noise import TorchNoise
+
+        self.seed, self.noise, self.draws = seed, TorchNoise(seed), 0
+
+    def randn(self, shape):
+        self.draws += 1
+        if self.draws == 2:
+            return torch.stack([torch.randn(shape[1:], generator=torch.Generator().manual_seed(self.seed + k))
+                                for k in range(shape[0])])
+        return self.noise.randn(shape)
+
+
+def test_host_ddim_equals_the_standalone_pipeline(t2v_name):
+    from lib_elevator.loaders import load_t2i
+    from lib_elevator.settings import Settings
+    from lib_elevator.standalone import Job, generate
+    from lib_elevator.t2v.registry import load_t2v
+
+    status, options = request("/sdapi/v1/options")
+    checkpoint = next(m for m in request("/sdapi/v1/sd-models")[1] if m["title"] == options["sd_model_checkpoint"])
+    t2v_path = os.path.join(os.path.dirname(os.path.dirname(checkpoint["filename"])), "VideoElevator", t2v_name)
+    ve = elevated(t2v_name, refine_points="20%,60%", formats=["GIF"])
+    status, body = request("/sdapi/v1/txt2img", job(sampler="DDIM", steps=16, seed=11, ve=ve))
+    assert status == 200, body
+    host_frames = np.stack(frames_of(body))
+
+    t2i = load_t2i(checkpoint["filename"])
+    t2v = load_t2v(t2v_path)
+    settings = Settings(frames=4, refine_points="20%,60%", t2v_steps=3)
+    ours = generate(t2i, t2v, Job("a lighthouse in a storm", "blurry", 64, 64, 16, 7.5, 11, schedule="webui-ddim"),
+                    settings, noise=HostNoise(11))
+    # the host truncates to uint8 where we round: at most one level apart (about half the pixels)
+    diff = np.abs(host_frames.astype(int) - ours.frames.astype(int))
+    assert diff.max() <= 1 and diff.mean() < 0.6

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Runs tests/test_webui_host.py against a real AUTOMATIC1111 WebUI v1.10.1 on this machine (CPU,
+# offline, random-weight models), set up with the workplace scripts in ../shared/webui/
+# (see docs/webui-testing.md). Steps: link this checkout as an extension, run its install.py as the
+# launcher would, put a tiny ZeroScope model in models/VideoElevator, start the API, run the tests,
+# stop the server.
+#   usage: tools/webui_host_test.sh [pytest args...]     env: WEBUI_ROOT (default /tmp/webui)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+REPO=$(pwd)
+SHARED=${SHARED_WEBUI:-$REPO/../shared/webui}
+ROOT=${WEBUI_ROOT:-/tmp/webui}
+APP=$ROOT/stable-diffusion-webui
+[ -x "$ROOT/venv/bin/python" ] || { echo "no WebUI at $ROOT: run $SHARED/setup.sh --mirror <folder> first" >&2; exit 2; }
+bash tools/setup_env.sh
+ln -sfn "$REPO" "$APP/extensions/sd-webui-videoelevator"
+(cd "$APP" && PYTHONPATH="$APP" "$ROOT/venv/bin/python" extensions/sd-webui-videoelevator/install.py)
+if [ ! -f "$APP/models/VideoElevator/tiny-zeroscope/model_index.json" ]; then
+  HF_HUB_OFFLINE=1 .venv/bin/python -c "from lib_elevator.tiny.t2v import build_tiny_zeroscope_folder as b; b('$APP/models/VideoElevator/tiny-zeroscope')"
+fi
+WEBUI_ROOT=$ROOT "$SHARED/stop.sh" >/dev/null 2>&1 || true
+WEBUI_ROOT=$ROOT "$SHARED/start.sh" --port 7861
+trap 'WEBUI_ROOT=$ROOT "$SHARED/stop.sh" >/dev/null' EXIT
+if grep -n "Error running\|Error loading script: videoelevator" "$ROOT/webui.log"; then
+  echo "the extension logged errors at start (see $ROOT/webui.log)" >&2; exit 1
+fi
+VIDEOELEVATOR_WEBUI_URL=http://127.0.0.1:7861 HF_HUB_OFFLINE=1 .venv/bin/python -m pytest tests/test_webui_host.py -q "$@"
