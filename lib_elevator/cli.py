@@ -194,7 +194,7 @@ def run_generate(args) -> int:
         args.t2v, base=base, device="cpu" if args.offload_t2v else device, dtype=dtype, allow_pickle=args.allow_pickle
     )
 
-    plan = plan_refinement(settings, make_schedule(job.schedule, t2i, job.steps), t2v.alphas_cumprod)
+    plan = plan_refinement(settings, make_schedule(job.schedule, t2i, job.steps), t2i.alphas_cumprod, t2v.alphas_cumprod)
     with tqdm(total=planned_calls(plan, settings), unit="call", desc="VideoElevator", file=sys.stderr) as bar:
         result = generate(
             t2i,

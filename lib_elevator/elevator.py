@@ -53,11 +53,13 @@ class RefinePlan:
         return sum(len(path) - 1 for path in self.inversion_paths.values())
 
 
-def plan_refinement(settings: Settings, schedule: SigmaSchedule, t2v_alphas_cumprod: torch.Tensor) -> RefinePlan:
-    """Map the refine points onto `schedule` and check that every refine point leaves room for the
-    T2V steps. Raises SettingsError naming the field at fault."""
+def plan_refinement(settings: Settings, schedule: SigmaSchedule, t2i_alphas_cumprod: torch.Tensor,
+                    t2v_alphas_cumprod: torch.Tensor) -> RefinePlan:
+    """Map the refine points onto `schedule` (by noise level, see `schedule.refine_indices`) and
+    check that every refine point leaves room for the T2V steps. Raises SettingsError naming the
+    field at fault."""
     try:
-        refine_at = refine_indices(settings.refine_points, schedule.steps)
+        refine_at = refine_indices(settings.refine_points, schedule.sigmas, t2i_alphas_cumprod)
     except ValueError as e:
         raise SettingsError("refine_points", str(e)) from None
     train_steps = len(t2v_alphas_cumprod)

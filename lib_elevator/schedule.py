@@ -197,21 +197,30 @@ def parse_refine_points(value) -> tuple[RefinePoint, ...]:
     return tuple(points)
 
 
-def refine_indices(points, steps: int) -> tuple[int, ...]:
-    """Sorted loop indices to refine at, for a sampler of `steps` model evaluations.
+def refine_indices(points, sigmas, table: torch.Tensor) -> tuple[int, ...]:
+    """Sorted step indices to refine at, for a sampler with noise levels `sigmas` (S steps, S + 1
+    levels) whose model has the abar `table`.
 
-    A refine at index i uses the model's prediction at sigma_i and hands the sampler a latent at
-    sigma_{i+1}, so i must leave at least one more step: 0 <= i <= steps - 2.
+    A point names a step of a DDIM schedule of S steps (the paper's setting): "10%" is step
+    round(0.1 S), "45" is step S - 45. On the sampler's own schedule the refine happens at the step
+    whose noise level is nearest to that DDIM step's, so Karras or exponential schedules, which spend
+    most steps at low noise, refine at the same noise levels as DDIM. On DDIM schedules the two agree.
+    A refine at step i uses the prediction at sigma_i and hands the sampler a latent at sigma_{i+1},
+    so i <= S - 2.
     """
     if isinstance(points, str) or (points and not isinstance(points[0], RefinePoint)):
         points = parse_refine_points(points)
+    steps = len(sigmas) - 1
+    reference = ddim_timesteps(steps, len(table)) if steps >= 1 else []
+    log_sigmas = [math.log(s) if s > 0 else -math.inf for s in sigmas[: max(steps - 1, 0)]]
     indices = set()
     for point in points:
-        i = point.index(steps)
-        if not 0 <= i <= steps - 2:
+        k = point.index(steps)
+        if not 0 <= k <= steps - 2:
             raise ValueError(
-                f"refine point {point} falls on step {i} of a {steps}-step schedule; it must be between "
+                f"refine point {point} falls on step {k} of a {steps}-step schedule; it must be between "
                 f"step 0 and step {steps - 2} (a refine needs one more step after it)"
             )
-        indices.add(i)
+        target = math.log(sigma_of_alpha(table[reference[k]]).item())
+        indices.add(min(range(len(log_sigmas)), key=lambda j: abs(log_sigmas[j] - target)))
     return tuple(sorted(indices))

@@ -103,7 +103,7 @@ def generate(
 ) -> VideoResult:
     check_job(job, t2i, settings)
     schedule = make_schedule(job.schedule, t2i, job.steps)
-    plan = plan_refinement(settings, schedule, t2v.alphas_cumprod)
+    plan = plan_refinement(settings, schedule, t2i.alphas_cumprod, t2v.alphas_cumprod)
     noise = noise or TorchNoise(job.seed)
     calls = {"t2i": 0, "t2v": 0, "inversion": 0, "pnp": 0}
 

@@ -190,13 +190,34 @@ def test_ddim_schedule_endings():
     assert ddim_schedule(table, 16, final_step=False).steps == 16
 
 
+def ddim_sigmas(steps):
+    return ddim_schedule(alphas_cumprod(), steps).sigmas
+
+
 def test_refine_points_in_both_notations_agree_with_the_paper():
-    assert refine_indices("10%,30%,50%,70%", 50) == (5, 15, 25, 35)
-    assert refine_indices("45,35,25,15", 50) == (5, 15, 25, 35)  # the paper's "steps remaining"
-    assert refine_indices("26,21,15,9", 30) == (4, 9, 15, 21)  # AnimateLCM
-    assert refine_indices("13%,30%,50%,70%", 30) == (4, 9, 15, 21)
-    assert refine_indices([0.1, "30%"], 20) == (2, 6)
+    table = alphas_cumprod()
+    assert refine_indices("10%,30%,50%,70%", ddim_sigmas(50), table) == (5, 15, 25, 35)
+    assert refine_indices("45,35,25,15", ddim_sigmas(50), table) == (5, 15, 25, 35)  # "steps remaining"
+    assert refine_indices("26,21,15,9", ddim_sigmas(30), table) == (4, 9, 15, 21)  # AnimateLCM
+    assert refine_indices("13%,30%,50%,70%", ddim_sigmas(30), table) == (4, 9, 15, 21)
+    assert refine_indices([0.1, "30%"], ddim_sigmas(20), table) == (2, 6)
     assert parse_refine_points("45") == (RefinePoint(remaining=45),)
+
+
+def karras_sigmas(steps, sigma_min=0.0292, sigma_max=14.6146, rho=7.0):
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    return tuple((hi + k / (steps - 1) * (lo - hi)) ** rho for k in range(steps)) + (0.0,)
+
+
+def test_refine_points_keep_their_noise_level_on_other_schedules():
+    table = alphas_cumprod()
+    karras = karras_sigmas(20)  # spends most steps at low noise: 70% of its steps is far below DDIM's 70%
+    indices = refine_indices("10%,30%,50%,70%", karras, table)
+    for index, k in zip(indices, (2, 6, 10, 14)):
+        reference = ddim_sigmas(20)[k]
+        nearest = min(karras[:-2], key=lambda s: abs(math.log(s / reference)))
+        assert karras[index] == nearest
+    assert indices[-1] < 14  # by step count it would have been step 14
 
 
 @pytest.mark.parametrize(
@@ -212,4 +233,4 @@ def test_refine_points_in_both_notations_agree_with_the_paper():
 )
 def test_bad_refine_points_are_explained(points, message):
     with pytest.raises(ValueError, match=message):
-        refine_indices(points, 50)
+        refine_indices(points, ddim_sigmas(50), alphas_cumprod())

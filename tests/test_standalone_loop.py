@@ -140,7 +140,8 @@ def test_progress_reports_every_planned_call(t2i):
     settings = Settings(**SMALL)
     stages = []
     generate(t2i, StubT2V(), JOB, settings, progress=stages.append)
-    plan = plan_refinement(settings, make_schedule(JOB.schedule, t2i, JOB.steps), StubT2V().alphas_cumprod)
+    plan = plan_refinement(settings, make_schedule(JOB.schedule, t2i, JOB.steps), t2i.alphas_cumprod,
+                           StubT2V().alphas_cumprod)
     assert len(stages) == planned_calls(plan, settings)
 
 
@@ -166,7 +167,7 @@ def test_bad_jobs_are_refused_before_any_work(t2i):
 
 
 def make_refiner(settings, t2v, schedule):
-    plan = plan_refinement(settings, schedule, t2v.alphas_cumprod)
+    plan = plan_refinement(settings, schedule, alphas_cumprod(), t2v.alphas_cumprod)
     return Refiner(t2v, settings, plan, t2v.encode_prompt("p", "n"), TorchNoise(0)), plan
 
 

@@ -46,7 +46,8 @@ def check_request(body: dict) -> dict:
     parsed = from_positional(args)
     if is_enabled(args):
         compat.check_job(body.get("sampler_name") or body.get("sampler_index"), body.get("prompt", ""),
-                         body.get("negative_prompt", ""), body.get("refiner_checkpoint"))
+                         body.get("negative_prompt", ""), body.get("refiner_checkpoint"),
+                         body.get("hr_prompt") if body.get("enable_hr") else None)
         models.resolve(parsed.t2v_model)
     return body
 
@@ -78,7 +79,7 @@ def checked_route(app):
         async def replay():
             nonlocal sent
             if sent:
-                return {"type": "http.disconnect"}
+                return await receive()  # later messages (a client disconnect) pass through
             sent = True
             return {"type": "http.request", "body": body, "more_body": False}
 

@@ -10,6 +10,7 @@ refused with a SettingsError naming the field.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 
 from lib_elevator.settings import FORMATS, PRESETS, Settings, SettingsError
@@ -73,13 +74,12 @@ def _coerce(name: str, value):
             return value.strip().lower() == "true"
         raise SettingsError(name, f"must be true or false; got {value!r}")
     if name in _INTS:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or float(value) != int(value):
+        number = _finite_number(name, value)
+        if number != int(number):
             raise SettingsError(name, f"must be a whole number; got {value!r}")
-        return int(value)
+        return int(number)
     if name in _FLOATS:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise SettingsError(name, f"must be a number; got {value!r}")
-        return float(value)
+        return _finite_number(name, value)
     if name in _TEXTS:
         if value is None:
             return ""
@@ -96,6 +96,18 @@ def _coerce(name: str, value):
             raise SettingsError(name, f"must be a non-empty list of {', '.join(FORMATS)}; got {value!r}")
         return tuple(dict.fromkeys(upper))
     raise SettingsError(name, "unknown setting")
+
+
+def _finite_number(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SettingsError(name, f"must be a number; got {value!r}")
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise SettingsError(name, f"must be a finite number; got {value!r}")
+    return number
 
 
 def _build(values: dict) -> ElevatorArgs:
@@ -138,9 +150,8 @@ def is_enabled(args) -> bool:
     args = list(args)
     if not args:
         return False
-    if isinstance(args[0], dict):
-        return bool(args[0].get("enable", False))
-    return args[0] is True
+    enable = args[0].get("enable", False) if isinstance(args[0], dict) else args[0]
+    return enable is True or (isinstance(enable, str) and enable.strip().lower() == "true")
 
 
 # ------------------------------------------------------------------------------------ infotext

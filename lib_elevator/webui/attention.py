@@ -30,12 +30,14 @@ def self_attention_modules(unet) -> list:
 
 
 def make_forward(attn, frames: int, anchor: str):
+    state = {"active": True}
+
     def forward(x, context=None, mask=None, **kwargs):
-        if context is None:
+        if context is None and state["active"]:
             context = anchor_context(x, frames, anchor)
         return type(attn).forward(attn, x, context=context, mask=mask, **kwargs)
 
-    setattr(forward, MARK, True)
+    forward.state = state
     return forward
 
 
@@ -45,19 +47,28 @@ def install(unet, frames: int, anchor: str) -> list:
     if not modules:
         raise RuntimeError("VideoElevator found no self-attention layers in the loaded UNet (unsupported model)")
     for attn in modules:
+        remove([attn])  # a second install (the hires pass) replaces ours instead of stacking on it
         attn.forward = make_forward(attn, frames, anchor)
+        setattr(attn, MARK, attn.forward)
     return modules
 
 
 def remove(modules) -> None:
+    """Undo `install`. Our wrapper is switched off (it then passes every call through unchanged) and
+    taken out when it is still the module's forward; if another extension wrapped it in turn, that
+    extension's wrapper stays and keeps calling ours, now inert."""
     for attn in modules:
-        wrapper = attn.__dict__.get("forward")
-        if wrapper is not None and getattr(wrapper, MARK, False):
+        ours = attn.__dict__.get(MARK)
+        if ours is None:
+            continue
+        ours.state["active"] = False
+        if attn.__dict__.get("forward") is ours:
             del attn.forward
+        delattr(attn, MARK)
 
 
 def remove_everywhere(unet) -> int:
     """Defensive clean-up of any wrapper of ours left on `unet` (e.g. after a crash)."""
-    leftovers = [attn for attn in self_attention_modules(unet) if getattr(attn.__dict__.get("forward"), MARK, False)]
+    leftovers = [attn for attn in self_attention_modules(unet) if MARK in attn.__dict__]
     remove(leftovers)
     return len(leftovers)

@@ -14,21 +14,24 @@ UNSEGMENTABLE_SAMPLERS = {"DPM fast", "DPM adaptive", "UniPC", "Restart"}
 _AND = re.compile(r"\bAND\b")
 
 
-def check_job(sampler_name: str | None, prompt, negative_prompt="", refiner: str | None = None) -> None:
-    """Raise SettingsError for what VideoElevator cannot do in this job."""
+def check_job(sampler_name: str | None, prompt, negative_prompt="", refiner: str | None = None,
+              hr_prompt=None) -> None:
+    """Raise SettingsError for what VideoElevator cannot do in this job (`hr_prompt`: the hires-fix
+    prompt when hires fix is on; its pass runs with cross-frame attention too)."""
     if sampler_name in UNSEGMENTABLE_SAMPLERS:
         raise SettingsError(
             "sampler_name",
             f"VideoElevator cannot resume the {sampler_name} sampler part-way through its schedule; choose "
             "Euler, Euler a, DDIM, DPM++ 2M, DPM++ SDE, Heun, LMS or another sampler",
         )
-    prompts = prompt if isinstance(prompt, list) else [prompt or ""]
-    if any(_AND.search(text or "") for text in prompts):
-        raise SettingsError(
-            "prompt",
-            "prompts combined with AND give every frame several UNet rows, which breaks the frame "
-            "grouping of cross-frame attention; write the prompt without AND",
-        )
+    for field, value in (("prompt", prompt), ("hr_prompt", hr_prompt)):
+        texts = value if isinstance(value, list) else [value or ""]
+        if any(_AND.search(text or "") for text in texts):
+            raise SettingsError(
+                field,
+                "prompts combined with AND give every frame several UNet rows, which breaks the frame "
+                "grouping of cross-frame attention; write the prompt without AND",
+            )
     if refiner and refiner not in ("None", ""):
         raise SettingsError(
             "refiner_checkpoint",

@@ -77,7 +77,8 @@ class WebUIJob(RefineHooks):
         if self.frames > getattr(self.t2v, "max_frames", self.frames):
             raise SettingsError("frames", f"the motion module {self.t2v.name} handles at most "
                                           f"{self.t2v.max_frames} frames; {self.frames} were asked for")
-        self.refine_plan = plan_refinement(self.settings, schedule, self.t2v.alphas_cumprod)
+        self.refine_plan = plan_refinement(self.settings, schedule, shared.sd_model.alphas_cumprod.detach().double().cpu(),
+                                           self.t2v.alphas_cumprod)
         sd_model = shared.sd_model
         t2i_space = host_model.latent_space(sd_model)
         to_t2v = to_t2i = None
@@ -205,7 +206,10 @@ def before_process(p, args) -> None:
         return
     try:
         parsed = from_positional(args)
-        compat.check_job(p.sampler_name, p.prompt, p.negative_prompt, getattr(p, "refiner_checkpoint", None))
+        if not parsed.enable:
+            return
+        compat.check_job(p.sampler_name, p.prompt, p.negative_prompt, getattr(p, "refiner_checkpoint", None),
+                         getattr(p, "hr_prompt", None) if getattr(p, "enable_hr", False) else None)
         check_host_model()
         model = models.resolve(parsed.t2v_model)
     except (SettingsError, ValueError, FileNotFoundError) as error:

@@ -41,7 +41,10 @@ def list_models() -> list[dict]:
     models, seen = [], set()
     for label, folder in model_folders():
         for model in list_t2v_models([folder]):
-            name = model["name"] if model["name"] not in seen else f"{label}/{model['name']}"
+            name, n = model["name"], 1
+            while name in seen:  # the same name in several folders: label it, then number it
+                n += 1
+                name = f"{label}/{model['name']}" + (f" ({n - 1})" if n > 2 else "")
             seen.add(name)
             models.append({**model, "name": name, "folder": label})
     return models

@@ -20,9 +20,9 @@ TIPS = {
     "frames": "Frames of the video; they are the batch of the job (Batch count = number of videos).",
     "preset": "Fills the advanced settings with the paper's values for ZeroScope-like models (50 steps) or "
               "AnimateLCM (30 steps).",
-    "refine_points": "When the T2V model refines motion: '10%,30%,50%,70%' of the sampler's steps, or steps "
-                     "remaining as in the paper ('45,35,25,15' of 50). They count the steps the sampler runs: the "
-                     "WebUI's DDIM stops at t=1, so 50 Steps run 49 updates.",
+    "refine_points": "When the T2V model refines motion, as in the paper: '10%,30%,50%,70%' of a DDIM schedule of "
+                     "your step count, or steps remaining ('45,35,25,15' of 50). Other samplers refine at the step "
+                     "with the same noise level (Karras schedules reach low noise early).",
     "t2v_steps": "N: denoising steps the T2V model takes at each refine point (on its 50-step grid).",
     "t2v_guidance": "Classifier-free guidance of the T2V model (paper 7.5; AnimateLCM 2.0).",
     "noise_mix": "alpha: how much initial noise all frames share (0 = independent frames).",
@@ -101,7 +101,8 @@ def build(script) -> list:
 
     preset_fields = [refine_points, t2v_steps, t2v_guidance, noise_mix, filter_method, filter_spatial,
                      filter_temporal]
-    preset.change(fn=lambda name: [gr.update(value=PRESETS[name][field]) for field in ve_args.PRESET_FIELDS],
+    # `input`, not `change`: only a user's choice fills the fields, not a pasted infotext
+    preset.input(fn=lambda name: [gr.update(value=PRESETS[name][field]) for field in ve_args.PRESET_FIELDS],
                   inputs=[preset], outputs=preset_fields, show_progress=False)
     refresh.click(fn=lambda: gr.update(choices=models.model_names()), outputs=[t2v_model], show_progress=False)
     script.video_player = video
@@ -126,6 +127,7 @@ def attach_player(script, generation_info) -> None:
 def on_infotext_pasted(infotext: str, params: dict) -> None:
     """Split our one infotext value into the per-control keys `infotext_fields` name."""
     if INFOTEXT_KEY not in params:
+        params[f"{INFOTEXT_KEY} enable"] = False  # parameters of a plain image: make a plain image
         return
     for name, value in ve_args.from_infotext(params[INFOTEXT_KEY]).items():
         params[f"{INFOTEXT_KEY} {name}"] = value  # raw types: the paste converts to each control's type

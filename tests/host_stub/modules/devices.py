@@ -1,0 +1,15 @@
+"""Stand-in of `modules.devices` (CPU, float32; `torch_gc` only counts its calls)."""
+
+import torch
+
+cpu = torch.device("cpu")
+device = cpu
+dtype = torch.float32
+dtype_vae = torch.float32
+dtype_unet = torch.float32
+gc_calls = 0
+
+
+def torch_gc():
+    global gc_calls
+    gc_calls += 1
