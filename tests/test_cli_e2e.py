@@ -1,0 +1,102 @@
+"""End to end through the command line, on tiny random-weight models saved in their real layouts."""
+
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lib_elevator.cli import main
+from lib_elevator.video_io import read_mp4_frame_count
+
+FAST = ["--frames", "4", "--width", "32", "--height", "32", "--steps", "10", "--t2v-steps", "2",
+        "--refine-points", "20%,60%"]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    from lib_elevator.tiny.t2i import build_tiny_t2i_folder, tiny_unet_config
+    from lib_elevator.tiny.t2v import build_tiny_animatelcm_folder, build_tiny_zeroscope_folder
+
+    root = tmp_path_factory.mktemp("e2e-models")
+    return {
+        "sd1": build_tiny_t2i_folder(str(root / "sd1"), kind="sd1"),
+        "sdxl": build_tiny_t2i_folder(str(root / "sdxl"), kind="sdxl"),
+        "zeroscope": build_tiny_zeroscope_folder(str(root / "zeroscope")),
+        "animatelcm": build_tiny_animatelcm_folder(str(root / "AnimateLCM"), unet_config=tiny_unet_config("sd1")),
+    }
+
+
+def generate(models, out, t2i="sd1", t2v="zeroscope", extra=()):
+    return main(["generate", "--t2i", models[t2i], "--t2v", models[t2v], "--prompt", "a lighthouse",
+                 "--out", str(out), *FAST, *extra])
+
+
+def read_frames(folder):
+    return np.stack([np.array(Image.open(os.path.join(folder, name))) for name in sorted(os.listdir(folder))])
+
+
+def test_every_output_format_holds_every_frame(models, tmp_path, capsys):
+    assert generate(models, tmp_path / "v.mp4", extra=["--formats", "mp4,gif,webp,png", "--fps", "6"]) == 0
+    assert read_mp4_frame_count(str(tmp_path / "v.mp4")) == 4
+    for ext in ("gif", "webp"):
+        with Image.open(tmp_path / f"v.{ext}") as image:
+            assert image.n_frames == 4 and image.size == (32, 32)
+    frames = read_frames(tmp_path / "v-frames")
+    assert frames.shape == (4, 32, 32, 3)
+    assert "PNG:" in capsys.readouterr().out
+
+
+def test_runs_are_deterministic_per_seed(models, tmp_path):
+    for name, seed in (("a", "5"), ("b", "5"), ("c", "6")):
+        assert generate(models, tmp_path / f"{name}.png", extra=["--seed", seed]) == 0
+    a, b, c = (read_frames(tmp_path / f"{name}-frames") for name in "abc")
+    assert (a == b).all() and not (a == c).all()
+
+
+def test_animatelcm_with_its_preset(models, tmp_path):
+    out = tmp_path / "lcm.gif"
+    assert generate(models, out, t2v="animatelcm", extra=["--preset", "AnimateLCM-like"]) == 0
+    with Image.open(out) as image:
+        assert image.n_frames == 4
+
+
+def test_sdxl_with_an_sd1_video_model_projects_latents(models, tmp_path, capsys):
+    assert generate(models, tmp_path / "xl.gif", t2i="sdxl") == 0
+    assert "'t2v': 4" in capsys.readouterr().err  # two refine points, two T2V steps each
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--frames", "1"], "frames: a video needs between 2"),
+    (["--width", "36"], "width: must be a positive multiple of 8"),
+    (["--refine-points", "99%"], "falls on step"),
+    (["--t2v-steps", "40"], "do not fit"),
+    (["--formats", "avi"], "formats"),
+])
+def test_bad_settings_exit_2_with_the_reason(models, tmp_path, capsys, extra, message):
+    assert generate(models, tmp_path / "v.gif", extra=extra) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_bad_model_paths_exit_2_naming_the_path(models, tmp_path, capsys):
+    text = tmp_path / "notes.txt"
+    text.write_text("not a model")
+    cases = [
+        ("t2i", str(tmp_path / "missing"), "missing"),
+        ("t2i", str(text), "notes.txt"),
+        ("t2v", str(tmp_path), str(tmp_path)),
+        ("t2v", models["sd1"], models["sd1"]),
+    ]
+    for which, path, named in cases:
+        paths = {"t2i": models["sd1"], "t2v": models["zeroscope"], which: path}
+        code = main(["generate", "--t2i", paths["t2i"], "--t2v", paths["t2v"], "--prompt", "x",
+                     "--out", str(tmp_path / "v.gif"), *FAST])
+        err = capsys.readouterr().err
+        assert code == 2 and named in err and "Traceback" not in err, (which, path, err)
+
+
+def test_models_lists_what_a_folder_holds(models, tmp_path, capsys):
+    assert main(["models", os.path.dirname(models["zeroscope"])]) == 0
+    out = capsys.readouterr().out
+    assert "zeroscope" in out and "animatelcm" in out and "sd1" not in out.split()
