@@ -38,6 +38,12 @@ def alphas_cumprod(
     return torch.cumprod(1.0 - betas, dim=0).to(torch.float64)
 
 
+def alphas_from_config(config: dict) -> torch.Tensor:
+    """The table of a diffusers scheduler config (scheduler_config.json), SD's values by default."""
+    return alphas_cumprod(config.get("beta_schedule", "scaled_linear"), config.get("beta_start", 0.00085),
+                          config.get("beta_end", 0.012), config.get("num_train_timesteps", 1000))
+
+
 def sigma_of_alpha(alpha_bar) -> torch.Tensor:
     alpha_bar = torch.as_tensor(alpha_bar, dtype=torch.float64)
     return ((1.0 - alpha_bar) / alpha_bar).sqrt()

@@ -12,7 +12,7 @@ import torch
 from lib_elevator.dtypes import working_dtype
 from lib_elevator.inversion import Denoiser, denoised_from_output
 from lib_elevator.latent_space import SD1_LATENTS, SDXL_LATENTS, LatentSpace
-from lib_elevator.schedule import alphas_cumprod, timestep_of_sigma
+from lib_elevator.schedule import alphas_from_config, timestep_of_sigma
 
 T2I_KINDS = ("sd1", "sd2", "sdxl")
 
@@ -53,14 +53,8 @@ class T2IModel:
     def __post_init__(self):
         if self.kind not in T2I_KINDS:
             raise ValueError(f"T2I kind must be one of {', '.join(T2I_KINDS)}; got {self.kind!r}")
-        cfg = self.scheduler_config
-        self.alphas_cumprod = alphas_cumprod(
-            cfg.get("beta_schedule", "scaled_linear"),
-            cfg.get("beta_start", 0.00085),
-            cfg.get("beta_end", 0.012),
-            cfg.get("num_train_timesteps", 1000),
-        )
-        self.prediction_type = cfg.get("prediction_type", "epsilon")
+        self.alphas_cumprod = alphas_from_config(self.scheduler_config)
+        self.prediction_type = self.scheduler_config.get("prediction_type", "epsilon")
         scaling = getattr(self.vae.config, "scaling_factor", None) or (0.13025 if self.kind == "sdxl" else 0.18215)
         base = SDXL_LATENTS if self.kind == "sdxl" else SD1_LATENTS
         self.latent_space = LatentSpace(base.family, self.unet.config.in_channels, float(scaling))

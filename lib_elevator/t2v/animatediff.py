@@ -224,6 +224,18 @@ def motion_adapter_from_state(state: dict[str, torch.Tensor], path: str = "motio
     return adapter.eval()
 
 
+# Original AnimateDiff name part -> diffusers MotionAdapter name part (the tiny builders write
+# original-named files with the reverse of this table).
+MOTION_KEY_RENAMES = (
+    (".temporal_transformer.", "."),
+    (".norms.0.", ".norm1."),
+    (".norms.1.", ".norm2."),
+    (".ff_norm.", ".norm3."),
+    (".attention_blocks.0.", ".attn1."),
+    (".attention_blocks.1.", ".attn2."),
+)
+
+
 def diffusers_motion_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Original AnimateDiff key naming -> diffusers MotionAdapter naming.
 
@@ -233,21 +245,13 @@ def diffusers_motion_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Ten
     transformer block before both attentions; the two stored copies are the same fixed table, so
     the first one is kept.
     """
-    renames = [
-        (".temporal_transformer.", "."),
-        (".norms.0.", ".norm1."),
-        (".norms.1.", ".norm2."),
-        (".ff_norm.", ".norm3."),
-        (".attention_blocks.0.", ".attn1."),
-        (".attention_blocks.1.", ".attn2."),
-    ]
     out = {}
     for key, value in state.items():
         if key.endswith(".pos_encoder.pe"):
             if ".attention_blocks.0." not in key:
                 continue
             key = key.replace(".attention_blocks.0.pos_encoder.pe", ".pos_embed.pe")
-        for old, new in renames:
+        for old, new in MOTION_KEY_RENAMES:
             key = key.replace(old, new)
         out[key] = value
     return out

@@ -17,7 +17,7 @@ import os
 import torch
 
 from lib_elevator.latent_space import SD1_LATENTS, LatentSpace
-from lib_elevator.schedule import alphas_cumprod
+from lib_elevator.schedule import alphas_from_config
 from lib_elevator.t2v.base import PromptPair, T2VBackend
 from lib_elevator.t2v.registry import diffusers_weights_kwargs, load_clip_text_encoder
 
@@ -33,14 +33,8 @@ class ZeroScopeBackend(T2VBackend):
         self.vae = vae.eval() if vae is not None else None
         self.name = name
         self.scheduler_config = dict(scheduler_config)
-        cfg = self.scheduler_config
-        self.alphas_cumprod = alphas_cumprod(
-            cfg.get("beta_schedule", "scaled_linear"),
-            cfg.get("beta_start", 0.00085),
-            cfg.get("beta_end", 0.012),
-            cfg.get("num_train_timesteps", 1000),
-        )
-        self.prediction_type = cfg.get("prediction_type", "epsilon")
+        self.alphas_cumprod = alphas_from_config(self.scheduler_config)
+        self.prediction_type = self.scheduler_config.get("prediction_type", "epsilon")
         scaling = getattr(vae.config, "scaling_factor", None) if vae is not None else None
         self.latent_space = LatentSpace(
             SD1_LATENTS.family, unet.config.in_channels, float(scaling or SD1_LATENTS.scaling_factor)

@@ -25,6 +25,7 @@ from lib_elevator.loaders import (
     SD1_TEXT_PREFIX,
     SD2_TEXT_PREFIX,
     SDXL_TEXT_PREFIXES,
+    STANDARD_SCHEDULER,
     UNET_PREFIX,
     VAE_PREFIX,
 )
@@ -160,18 +161,8 @@ def tiny_t2i(kind: str = "sd1", seed: int = 0, v_prediction: bool = False) -> T2
 
 def tiny_scheduler_config(v_prediction: bool = False) -> dict:
     """SD's training schedule with DDIMScheduler's keys, as diffusers writes scheduler_config.json."""
-    return {
-        "_class_name": "DDIMScheduler",
-        "beta_schedule": "scaled_linear",
-        "beta_start": 0.00085,
-        "beta_end": 0.012,
-        "num_train_timesteps": 1000,
-        "steps_offset": 1,
-        "set_alpha_to_one": False,
-        "clip_sample": False,
-        "timestep_spacing": "leading",
-        "prediction_type": "v_prediction" if v_prediction else "epsilon",
-    }
+    return {"_class_name": "DDIMScheduler", **STANDARD_SCHEDULER,
+            "prediction_type": "v_prediction" if v_prediction else "epsilon"}
 
 
 # ================================================================================== diffusers folder

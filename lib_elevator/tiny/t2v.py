@@ -22,7 +22,7 @@ import os
 
 import torch
 
-from lib_elevator.t2v.animatediff import ANIMATELCM_LORA_NAME
+from lib_elevator.t2v.animatediff import ANIMATELCM_LORA_NAME, MOTION_KEY_RENAMES
 
 # An SD1-style UNet2DConditionModel small enough for CPU tests. Two motion modules per down block,
 # like SD1.5 (layers_per_block must match the motion module's), cross-attention width 32.
@@ -226,13 +226,7 @@ def original_motion_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tens
     stores the fixed sinusoidal position table in each attention block (`pos_encoder.pe`), where
     diffusers keeps one `pos_embed.pe` per transformer block.
     """
-    renames = [
-        (".norm1.", ".norms.0."),
-        (".norm2.", ".norms.1."),
-        (".norm3.", ".ff_norm."),
-        (".attn1.", ".attention_blocks.0."),
-        (".attn2.", ".attention_blocks.1."),
-    ]
+    renames = [(new, old) for old, new in MOTION_KEY_RENAMES if old != ".temporal_transformer."]
     out = {}
     for key, value in state.items():
         head, sep, tail = key.partition(".motion_modules.")
