@@ -83,7 +83,9 @@ class Refiner:
     """Runs the refine steps of one video.
 
     `to_t2v`/`to_t2i` project latents between the two latent spaces (None when they agree).
-    With `offload`, the T2V model sits on the CPU between refine steps and visits `device`.
+    With `offload`, the T2V model sits on the CPU between refine steps and visits `device` only for
+    its SDEdit steps, while `make_room()` (a context manager from the caller) moves the T2I model
+    off the device, so the peak is the larger model, not both.
     """
 
     def __init__(
@@ -99,11 +101,12 @@ class Refiner:
         before_call: BeforeCall | None = None,
         device: torch.device | None = None,
         offload: bool = False,
+        make_room=contextlib.nullcontext,
     ):
         self.t2v, self.settings, self.plan, self.prompts, self.noise = t2v, settings, plan, prompts, noise
         self.to_t2v, self.to_t2i = to_t2v, to_t2i
         self.before_call = before_call or (lambda stage: None)
-        self.device, self.offload = device, offload
+        self.device, self.offload, self.make_room = device, offload, make_room
         self.filter_spec = settings.filter_spec()
 
     @contextlib.contextmanager
@@ -111,11 +114,12 @@ class Refiner:
         if not self.offload:
             yield
             return
-        self.t2v.to(self.device)
-        try:
-            yield
-        finally:
-            self.t2v.to("cpu")
+        with self.make_room():
+            self.t2v.to(self.device)
+            try:
+                yield
+            finally:
+                self.t2v.to("cpu")
 
     def refine_clean(self, index: int, denoised: torch.Tensor) -> torch.Tensor:
         """Steps 3b-3e: the refined clean latent (F, C, h, w) in the T2I latent space."""

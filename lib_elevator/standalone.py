@@ -12,6 +12,7 @@ cond half of the main call (both see the same latent at the same level).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -69,6 +70,21 @@ def make_schedule(name: str, t2i: T2IModel, steps: int) -> SigmaSchedule:
     if name == "webui-ddim":
         return ddim_schedule(t2i.alphas_cumprod, steps, final_step=False)
     raise SettingsError("schedule", f"must be one of {', '.join(SCHEDULES)}; got {name!r}")
+
+
+@contextlib.contextmanager
+def t2i_off_device(t2i: T2IModel):
+    """Move the T2I UNet and text encoders to the CPU (and back): room for the T2V model."""
+    device, modules = t2i.device, [t2i.unet, *t2i.text_encoders]
+    for module in modules:
+        module.to("cpu")
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    try:
+        yield
+    finally:
+        for module in modules:
+            module.to(device)
 
 
 def pnp_calls(plan: RefinePlan) -> int:
@@ -150,6 +166,7 @@ def generate(
         before_call=before_call,
         device=device,
         offload=offload_t2v,
+        make_room=lambda: t2i_off_device(t2i),
     )
 
     sigmas = schedule.sigmas

@@ -140,15 +140,22 @@ def test_progress_reports_every_planned_call(t2i):
     settings = Settings(**SMALL)
     stages = []
     generate(t2i, StubT2V(), JOB, settings, progress=stages.append)
-    plan = plan_refinement(settings, make_schedule(JOB.schedule, t2i, JOB.steps), t2i.alphas_cumprod,
-                           StubT2V().alphas_cumprod)
+    plan = plan_refinement(
+        settings, make_schedule(JOB.schedule, t2i, JOB.steps), t2i.alphas_cumprod, StubT2V().alphas_cumprod
+    )
     assert len(stages) == planned_calls(plan, settings)
 
 
-def test_offloaded_t2v_visits_the_device_only_while_refining(t2i):
-    t2v = StubT2V()
+def test_offloaded_t2v_visits_the_device_only_while_refining(t2i, monkeypatch):
+    t2v, unet_moves = StubT2V(), []
+    original_to = t2i.unet.to
+    monkeypatch.setattr(
+        t2i.unet, "to", lambda *a, **k: (unet_moves.append((len(t2v.moves), a or k)), original_to(*a, **k))[1]
+    )
     generate(t2i, t2v, JOB, Settings(**SMALL), offload_t2v=True)
     assert t2v.moves == ["cpu", "cpu"] * 4  # to the (CPU) device and back, at each of the 4 refine steps
+    # the T2I UNet leaves before the T2V model arrives and comes back after it left, each time
+    assert [count for count, _ in unet_moves] == [0, 2, 2, 4, 4, 6, 6, 8]
 
 
 def test_bad_jobs_are_refused_before_any_work(t2i):

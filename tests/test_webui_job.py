@@ -430,16 +430,37 @@ def test_cfg_callbacks_are_gated_by_job(env):
     assert len(job.captured_cond) == 1
 
 
-def test_lowvram_evicts_the_host_model_before_t2v_work(env):
+class Placement:
+    """Records where a module is moved."""
+
+    def __init__(self):
+        self.moves = []
+
+    def to(self, device):
+        self.moves.append(str(device))
+        return self
+
+
+def test_room_for_the_t2v_model_moves_the_host_model_off_and_back(env, monkeypatch):
     host = env.host
-    with env.job.memory_for_t2v():
-        pass
-    assert host.lowvram.evictions == 0
-    host.shared.sd_model.lowvram = True
+    unet, text = Placement(), Placement()
+    monkeypatch.setattr(host.shared, "sd_model", SimpleNamespace(model=unet, cond_stage_model=text, lowvram=False))
+    with env.job.host_off_device():
+        assert unet.moves == ["cpu"] and text.moves == ["cpu"]
+    assert unet.moves == ["cpu", str(host.devices.device)] and text.moves[-1] == str(host.devices.device)
+    with pytest.raises(RuntimeError), env.job.host_off_device():
+        raise RuntimeError("T2V failed")
+    assert unet.moves[-1] == str(host.devices.device)  # put back whatever happens
+
+
+def test_lowvram_evicts_the_host_model_instead_of_moving_it(env, monkeypatch):
+    host = env.host
+    unet = Placement()
+    monkeypatch.setattr(host.shared, "sd_model", SimpleNamespace(model=unet, cond_stage_model=None, lowvram=True))
     gc_before = host.devices.gc_calls
-    with env.job.memory_for_t2v():
+    with env.job.host_off_device():
         assert host.lowvram.evictions == 1
-    assert host.devices.gc_calls == gc_before + 1
+    assert unet.moves == [] and host.devices.gc_calls == gc_before + 1
 
 
 def test_prompts_reach_the_t2v_model_without_attention_syntax(env):

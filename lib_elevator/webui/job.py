@@ -16,6 +16,7 @@ wrapper's `finally` removes every patch, whatever happens (success, error, inter
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 
@@ -92,7 +93,7 @@ class WebUIJob(RefineHooks):
                                          plain_text(self.settings.t2v_negative_prompt or self.p.negative_prompts[0]))
         self.refiner = Refiner(self.t2v, self.settings, self.refine_plan, prompts, self.noise, to_t2v=to_t2v,
                                to_t2i=to_t2i, before_call=self.before_call, device=devices.device,
-                               offload=models.offload_wanted())
+                               offload=models.offload_wanted(), make_room=host_off_device)
         return self.refine_plan
 
     def on_run(self, schedule: HostSchedule, plan) -> None:
@@ -131,8 +132,7 @@ class WebUIJob(RefineHooks):
     def refine(self, index: int, denoised: torch.Tensor) -> dict:
         text, image = self._text_rows("inversion")
         invert = host_model.host_denoiser(shared.sd_model, text, image)
-        with memory_for_t2v():
-            return self.refiner.refine(index, denoised.float(), invert)
+        return self.refiner.refine(index, denoised.float(), invert)
 
     def cond_denoised(self, latent: torch.Tensor, sigma: float) -> torch.Tensor:
         self.before_call("pnp")
@@ -170,19 +170,28 @@ class WebUIJob(RefineHooks):
         devices.torch_gc()
 
 
-class memory_for_t2v:
-    """With --medvram/--lowvram, evict the host's modules from the GPU before T2V work; the host's
-    hooks bring them back on the next UNet call."""
+@contextlib.contextmanager
+def host_off_device():
+    """Room on the GPU for the T2V model. With --medvram/--lowvram the host's module on the GPU is
+    evicted and its hooks bring modules back on the next UNet call; otherwise the UNet (DiffusionWrapper)
+    and text encoder move to the CPU and are put back before sampling resumes, whatever happens."""
+    sd_model = shared.sd_model
+    if getattr(sd_model, "lowvram", False):
+        from modules import lowvram
 
-    def __enter__(self):
-        if getattr(shared.sd_model, "lowvram", False):
-            from modules import lowvram
-
-            lowvram.send_everything_to_cpu()
-
-    def __exit__(self, *exc):
+        lowvram.send_everything_to_cpu()
         devices.torch_gc()
-        return False
+        yield
+        return
+    moved = [m for m in (getattr(sd_model, "model", None), getattr(sd_model, "cond_stage_model", None)) if m is not None]
+    for module in moved:
+        module.to(devices.cpu)
+    devices.torch_gc()
+    try:
+        yield
+    finally:
+        for module in moved:
+            module.to(devices.device)
 
 
 def plain_text(prompt: str) -> str:

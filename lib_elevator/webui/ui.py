@@ -97,7 +97,7 @@ def build(script) -> list:
                             info=TIPS["fps"])
             formats = gr.CheckboxGroup(label="Outputs", choices=list(FORMATS), value=default_formats,
                                        elem_id="videoelevator_formats", info=TIPS["formats"])
-        video = gr.Video(label="Last video", interactive=False, elem_id="videoelevator_video")
+        video = gr.Video(label="Last video", interactive=False, height=320, elem_id="videoelevator_video")
 
     preset_fields = [refine_points, t2v_steps, t2v_guidance, noise_mix, filter_method, filter_spatial,
                      filter_temporal]
