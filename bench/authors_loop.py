@@ -48,6 +48,29 @@ def _ddim(cls, t2i: T2IModel, steps: int):
     return scheduler
 
 
+def authors_loop_for(t2i: T2IModel, t2v: T2VBackend, job, settings, steps_remaining: list[int], noise: NoiseSource):
+    """`authors_loop` with a standalone `Job` and `Settings` (the refine points as steps remaining)."""
+    return authors_loop(
+        t2i,
+        t2v,
+        prompt=job.prompt,
+        negative_prompt=job.negative_prompt,
+        frames=settings.frames,
+        height=job.height,
+        width=job.width,
+        steps=job.steps,
+        guidance=job.guidance,
+        steps_remaining=steps_remaining,
+        t2v_steps=settings.t2v_steps,
+        t2v_guidance=settings.t2v_guidance,
+        alpha=settings.noise_mix,
+        filter_spec=settings.filter_spec(),
+        pnp=settings.pnp,
+        noise=noise,
+        t2v_grid_steps=settings.t2v_grid_steps,
+    )
+
+
 @torch.no_grad()
 def authors_loop(
     t2i: T2IModel,

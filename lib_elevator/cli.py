@@ -140,16 +140,9 @@ def resolve_device(name: str, dtype_name: str):
 
 
 def demo_models(cache: str = DEMO_CACHE) -> tuple[str, str]:
-    """Tiny random-weight SD1 T2I and ZeroScope T2V folders, built once into `cache`."""
-    from lib_elevator.tiny.t2i import build_tiny_t2i_folder
-    from lib_elevator.tiny.t2v import build_tiny_zeroscope_folder
+    from lib_elevator.tiny import demo_folders
 
-    t2i, t2v = os.path.join(cache, "tiny-sd1"), os.path.join(cache, "tiny-zeroscope")
-    if not os.path.exists(os.path.join(t2i, "model_index.json")):
-        build_tiny_t2i_folder(t2i, kind="sd1", seed=0)
-    if not os.path.exists(os.path.join(t2v, "model_index.json")):
-        build_tiny_zeroscope_folder(t2v, seed=0)
-    return t2i, t2v
+    return demo_folders(cache)
 
 
 def run_generate(args) -> int:

@@ -144,7 +144,10 @@ def generate(
         TextCondition.cat([uncond.repeat(frames), cond.repeat(frames)]) if guided else cond.repeat(frames)
     )
     cond_only = t2i.denoiser(cond.repeat(frames))
-    invert = t2i.denoiser(t2i.encode_prompt(inversion_text, job.height, job.width).repeat(frames))
+    inversion_cond = (
+        uncond if inversion_text == job.negative_prompt else t2i.encode_prompt(inversion_text, job.height, job.width)
+    )
+    invert = t2i.denoiser(inversion_cond.repeat(frames))
     t2v_prompts = t2v.encode_prompt(
         settings.t2v_prompt or job.prompt, settings.t2v_negative_prompt or job.negative_prompt
     )

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from bench.authors_loop import authors_loop
+from bench.authors_loop import authors_loop_for
 from lib_elevator.elevator import Refiner, plan_refinement
 from lib_elevator.filters import temporal_lowpass
 from lib_elevator.latent_space import SD1_LATENTS
@@ -62,25 +62,7 @@ JOB = Job(prompt="a lighthouse", negative_prompt="blurry", width=32, height=32, 
 
 
 def run_authors(t2i, settings, job, pnp=True):
-    return authors_loop(
-        t2i,
-        StubT2V(),
-        prompt=job.prompt,
-        negative_prompt=job.negative_prompt,
-        frames=settings.frames,
-        height=job.height,
-        width=job.width,
-        steps=job.steps,
-        guidance=job.guidance,
-        steps_remaining=[11, 8, 5, 3],
-        t2v_steps=settings.t2v_steps,
-        t2v_guidance=settings.t2v_guidance,
-        alpha=settings.noise_mix,
-        filter_spec=settings.filter_spec(),
-        pnp=pnp,
-        noise=TorchNoise(job.seed),
-        t2v_grid_steps=settings.t2v_grid_steps,
-    )
+    return authors_loop_for(t2i, StubT2V(), job, settings.replace(pnp=pnp), [11, 8, 5, 3], TorchNoise(job.seed))
 
 
 def count_rows(t2i):
