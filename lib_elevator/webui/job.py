@@ -164,6 +164,8 @@ class WebUIJob(RefineHooks):
     def release(self) -> None:
         attention.remove(self.patched)
         self.patched = []
+        if str(shared.state.textinfo or "").startswith("VideoElevator"):
+            shared.state.textinfo = None
         self.captured_cfg, self.captured_cond = None, []
         if models.offload_wanted() and getattr(self, "t2v", None) is not None:
             self.t2v.to("cpu")
