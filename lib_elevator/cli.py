@@ -156,7 +156,8 @@ def run_generate(args) -> int:
 
     settings = settings_from_args(args)
     if args.demo:
-        args.t2i, args.t2v = args.t2i or demo_models()[0], args.t2v or demo_models()[1]
+        demo_t2i, demo_t2v = demo_models()
+        args.t2i, args.t2v = args.t2i or demo_t2i, args.t2v or demo_t2v
         args.prompt = args.prompt or "a lighthouse in a storm, waves crashing"
     if not args.t2i or not args.t2v:
         raise SettingsError("--t2i/--t2v", "give both model paths, or --demo for the built-in tiny models")
@@ -226,7 +227,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return run_generate(args) if args.command == "generate" else run_models(args)
-    except (SettingsError, ValueError, FileNotFoundError, NotADirectoryError) as e:
+    except (SettingsError, ValueError, OSError) as e:  # bad settings or model files: say what, no traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

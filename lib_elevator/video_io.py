@@ -95,7 +95,5 @@ def read_mp4_frame_count(path: str) -> int:
     import imageio_ffmpeg
 
     reader = imageio_ffmpeg.read_frames(path)
-    meta = reader.__next__()
-    count = sum(1 for _ in reader)
-    del meta
-    return count
+    next(reader)  # the first item is the metadata
+    return sum(1 for _ in reader)

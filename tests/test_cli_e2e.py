@@ -1,6 +1,7 @@
 """End to end through the command line, on tiny random-weight models saved in their real layouts."""
 
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -82,8 +83,12 @@ def test_bad_settings_exit_2_with_the_reason(models, tmp_path, capsys, extra, me
 def test_bad_model_paths_exit_2_naming_the_path(models, tmp_path, capsys):
     text = tmp_path / "notes.txt"
     text.write_text("not a model")
+    corrupt = tmp_path / "corrupt-sd1"
+    shutil.copytree(models["sd1"], corrupt)
+    (corrupt / "unet" / "config.json").write_text("{not json")
     cases = [
         ("t2i", str(tmp_path / "missing"), "missing"),
+        ("t2i", str(corrupt), "config.json"),
         ("t2i", str(text), "notes.txt"),
         ("t2v", str(tmp_path), str(tmp_path)),
         ("t2v", models["sd1"], models["sd1"]),

@@ -210,9 +210,9 @@ def job_of(p):
 
 
 def before_process(p, args) -> None:
-    unet = getattr(getattr(getattr(shared.sd_model, "model", None), "diffusion_model", None), "modules", None)
+    unet = getattr(getattr(shared.sd_model, "model", None), "diffusion_model", None)
     if unet is not None:
-        attention.remove_everywhere(shared.sd_model.model.diffusion_model)  # leftovers of a crashed job
+        attention.remove_everywhere(unet)  # leftovers of a crashed job
     if not is_enabled(args):
         return
     try:
@@ -274,7 +274,7 @@ def wrap_sample(p, job: WebUIJob) -> None:
     def sample(*args, **kwargs):
         try:
             result = original(*args, **kwargs)
-        except (SettingsError, FileNotFoundError) as error:  # found when planning, before any sampler step
+        except (SettingsError, OSError) as error:  # bad settings or model files, found before any sampler step
             raise user_error(p, error) from error
         finally:
             job.release()
