@@ -110,10 +110,15 @@ def _finite_number(name: str, value) -> float:
     return number
 
 
+def _preset(name: str) -> str:
+    name = name or DEFAULT_PRESET
+    if name not in PRESETS:
+        raise SettingsError("preset", f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return name
+
+
 def _build(values: dict) -> ElevatorArgs:
-    preset = values["preset"] or DEFAULT_PRESET
-    if preset not in PRESETS:
-        raise SettingsError("preset", f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    preset = _preset(values["preset"])
     fields = {name: values[name] for name in ARG_NAMES if name not in ("enable", "t2v_model", "preset")}
     settings = Settings(**fields).validate()
     return ElevatorArgs(values["enable"], values["t2v_model"], preset, settings)
@@ -125,10 +130,7 @@ def from_named(named: dict) -> ElevatorArgs:
     if unknown:
         raise SettingsError(unknown[0], f"unknown setting; the settings are: {', '.join(ARG_NAMES)}")
     values = {name: _coerce(name, default) for name, default in ARGS}
-    preset = _coerce("preset", named.get("preset", DEFAULT_PRESET)) or DEFAULT_PRESET
-    if preset not in PRESETS:
-        raise SettingsError("preset", f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    values.update(PRESETS[preset])
+    values.update(PRESETS[_preset(_coerce("preset", named.get("preset", DEFAULT_PRESET)))])
     values.update({name: _coerce(name, value) for name, value in named.items()})
     return _build(values)
 
@@ -138,8 +140,6 @@ def from_positional(args) -> ElevatorArgs:
     args = list(args)
     if args and isinstance(args[0], dict):
         return from_named(args[0])
-    if len(args) > len(ARGS):
-        args = args[: len(ARGS)]
     values = {name: _coerce(name, default) for name, default in ARGS}
     values.update({name: _coerce(name, value) for (name, _), value in zip(ARGS, args)})
     return _build(values)
