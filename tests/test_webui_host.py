@@ -160,6 +160,16 @@ def test_samplers(t2v_name, sampler):
     assert len(frames_of(body)) == 4 and videos_of(body)
 
 
+def test_animatediff_plugs_into_the_loaded_checkpoint():
+    models = request("/videoelevator/v1/models")[1]["models"]
+    names = [m["name"] for m in models if m["kind"] == "animatediff"]
+    if not names:
+        pytest.skip("no AnimateDiff motion module in the model folder (tools/webui_host_test.sh writes one)")
+    status, body = request("/sdapi/v1/txt2img", job(sampler="Euler a", ve=elevated(names[0], formats=["GIF"])))
+    assert status == 200, body
+    assert len(frames_of(body)) == 4 and videos_of(body)[0]["format"] == "GIF"
+
+
 def test_hires_fix_upscales_every_frame(t2v_name):
     status, body = request("/sdapi/v1/txt2img", job(ve=elevated(t2v_name, formats=["GIF"]), enable_hr=True,
                                                     hr_scale=1.5, hr_upscaler="Latent", denoising_strength=0.5,
