@@ -160,11 +160,12 @@ def test_samplers(t2v_name, sampler):
     assert len(frames_of(body)) == 4 and videos_of(body)
 
 
-def test_animatediff_plugs_into_the_loaded_checkpoint():
+@pytest.mark.parametrize("kind", ["animatediff", "animatelcm"])
+def test_motion_modules_plug_into_the_loaded_checkpoint(kind):
     models = request("/videoelevator/v1/models")[1]["models"]
-    names = [m["name"] for m in models if m["kind"] == "animatediff"]
+    names = [m["name"] for m in models if m["kind"] == kind]
     if not names:
-        pytest.skip("no AnimateDiff motion module in the model folder (tools/webui_host_test.sh writes one)")
+        pytest.skip(f"no {kind} model in the model folder (tools/webui_host_test.sh writes one)")
     status, body = request("/sdapi/v1/txt2img", job(sampler="Euler a", ve=elevated(names[0], formats=["GIF"])))
     assert status == 200, body
     assert len(frames_of(body)) == 4 and videos_of(body)[0]["format"] == "GIF"

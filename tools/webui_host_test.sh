@@ -2,7 +2,8 @@
 # Runs tests/test_webui_host.py against a real AUTOMATIC1111 WebUI v1.10.1 on this machine (CPU,
 # offline, random-weight models), set up with the workplace scripts in ../shared/webui/
 # (see docs/webui-testing.md). Steps: link this checkout as an extension, run its install.py as the
-# launcher would, put a tiny ZeroScope model and a tiny AnimateDiff motion module in models/VideoElevator,
+# launcher would, put a tiny ZeroScope model and a tiny AnimateDiff motion module and
+# AnimateLCM folder in models/VideoElevator,
 # start the API, run the tests,
 # stop the server.
 #   usage: tools/webui_host_test.sh [pytest args...]     env: WEBUI_ROOT (default /tmp/webui)
@@ -26,6 +27,14 @@ from lib_elevator.loaders import load_t2i
 from lib_elevator.tiny.t2v import write_tiny_motion_module
 unet = load_t2i('$APP/models/Stable-diffusion/tiny-sd1.safetensors').unet.config
 write_tiny_motion_module('$MM', 'v2', block_out_channels=unet.block_out_channels, layers_per_block=unet.layers_per_block)"
+fi
+LCM=$APP/models/VideoElevator/AnimateLCM
+if [ ! -f "$LCM/config.json" ]; then  # an AnimateLCM folder (motion adapter + LCM LoRA) for the same UNet
+  HF_HUB_OFFLINE=1 .venv/bin/python -c "
+from lib_elevator.loaders import load_t2i
+from lib_elevator.tiny.t2v import build_tiny_animatelcm_folder
+unet = load_t2i('$APP/models/Stable-diffusion/tiny-sd1.safetensors').unet
+build_tiny_animatelcm_folder('$LCM', unet_config=dict(unet.config))"
 fi
 WEBUI_ROOT=$ROOT "$SHARED/stop.sh" >/dev/null 2>&1 || true
 WEBUI_ROOT=$ROOT "$SHARED/start.sh" --port 7861
