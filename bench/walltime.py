@@ -13,7 +13,10 @@ Per model size (tiny: the demo models; full: random-weight SD1.5 + ZeroScope v2 
 Predicted ratio = (counts x unit costs of the job) / (counts x unit costs of the plain batch), two ways:
 per frame-evaluation (the counts of bench.cost times one cost per frame-evaluation and model,
 taken from the main call and the T2V call) and per call (each call kind at its own batch size).
-Overhead, three ways (the work the cross-frame attention does inside the UNet counts as UNet time):
+Overhead, four ways (the work the cross-frame attention does inside the UNet counts as UNet time):
+- outside every model forward pass (the issue's definition): the job as a user gets it, `generate`
+  plus writing the frames as an MP4, minus the time inside the UNets, the text encoders and the VAE
+  decoder, i.e. VideoElevator's own work (below) plus the video encoding;
 - outside the UNets: job wall time minus the time inside the T2I and T2V UNet forward passes, i.e.
   prompt encoding (tokenizers + text encoders, `encode_prompt` of both models), the final VAE decode
   and VideoElevator's own work;
@@ -34,6 +37,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import tempfile
 import time
 
 import torch
@@ -56,6 +60,7 @@ from lib_elevator.noise import TorchNoise
 from lib_elevator.settings import Settings
 from lib_elevator.standalone import Job, generate, make_schedule
 from lib_elevator.t2i import TextCondition
+from lib_elevator.video_io import write_video
 
 CONFIGS = {
     # the paper's ZeroScope settings at 64x64 px
@@ -169,6 +174,10 @@ def run_size(
         )
         meters.reset()
         result, wall, cpu = timed_run(run_job, device)
+        with tempfile.TemporaryDirectory() as folder:  # what the user gets: the frames as an MP4
+            began = time.perf_counter()
+            write_video(result.frames, os.path.join(folder, "video"), formats=("MP4",), fps=8)
+            encode = time.perf_counter() - began
         calls = result.calls
         refined_at = meters.refine_steps()
         ve_runs.append(
@@ -179,6 +188,7 @@ def run_size(
                 t2v=meters.t2v.seconds,
                 text=sum(m.seconds for m in meters.text),
                 decode=meters.decode.seconds,
+                encode=encode,
                 t2i_evals=meters.t2i.frame_evals,
                 t2v_evals=meters.t2v.frame_evals,
                 calls=calls,
@@ -209,6 +219,9 @@ def run_size(
     unet_s = ve["t2i"] + ve["t2v"]
     overhead = ve["wall"] - unet_s
     own = overhead - ve["text"] - ve["decode"]
+    # the overhead: time outside every model forward pass (UNets, text encoders, VAE) of the job
+    # a user gets, i.e. generate + writing the MP4
+    outside_models = (own + ve["encode"]) / (ve["wall"] + ve["encode"])
     plain_overhead = plain["wall"] - plain["t2i"]
 
     print(
@@ -286,6 +299,11 @@ def run_size(
         f"= {own / ve['wall']:.2%}); plain batch: {plain_overhead:.2f} s = {plain_overhead / plain['wall']:.2%}; "
         f"added by the job over the plain batch: {added:.2f} s = {added / ve['wall']:.2%} of the job"
     )
+    print(
+        f"  outside every model forward pass (UNets, text encoders, VAE decode), with the MP4 encoding "
+        f"({ve['encode']:.2f} s) added to the job: {own + ve['encode']:.2f} s = {outside_models:.2%} of "
+        f"{ve['wall'] + ve['encode']:.2f} s"
+    )
     print(f"  load average (1 min) before/after the timed runs: {load_before:.2f} / {load_after:.2f}\n", flush=True)
     return dict(
         size=size,
@@ -295,6 +313,7 @@ def run_size(
         predicted_call=predicted_call,
         overhead=overhead / ve["wall"],
         own=own / ve["wall"],
+        outside_models=outside_models,
         added=added / ve["wall"],
         ve_wall=ve["wall"],
         plain_wall=plain["wall"],
@@ -333,10 +352,11 @@ def main(argv=None) -> int:
                 f"{r['overhead']:.2%}",
                 f"{r['added']:.2%}",
                 f"{r['own']:.2%}",
+                f"{r['outside_models']:.2%}",
             ]
         )
     if device.type != "cuda":
-        rows.append(["GPU", "", "", "", "", "", "", "", ""])
+        rows.append(["GPU", "", "", "", "", "", "", "", "", ""])
     print(
         table(
             [
@@ -349,6 +369,7 @@ def main(argv=None) -> int:
                 "outside UNets",
                 "added over plain",
                 "own work",
+                "outside model passes (+MP4)",
             ],
             rows,
             "Summary (targets: measured ratio within 10 % of the predicted; overhead <= 2 % of a full-size job)",
@@ -356,11 +377,15 @@ def main(argv=None) -> int:
     )
     for r in results:
         if r["size"] == "full":
-            verdict = {k: "met" if r[k] <= OVERHEAD_TARGET else "not met" for k in ("overhead", "added", "own")}
+            verdict = {
+                k: "met" if r[k] <= OVERHEAD_TARGET else "not met"
+                for k in ("overhead", "added", "own", "outside_models")
+            }
             print(
-                f"overhead target on the full-size job: all time outside the UNets {r['overhead']:.2%} "
-                f"({verdict['overhead']}); added over the plain batch {r['added']:.2%} ({verdict['added']}); "
-                f"VideoElevator's own work {r['own']:.2%} ({verdict['own']})"
+                f"overhead target on the full-size job: outside every model forward pass, MP4 encoding included "
+                f"{r['outside_models']:.2%} ({verdict['outside_models']}); VideoElevator's own work {r['own']:.2%} "
+                f"({verdict['own']}); all time outside the UNets {r['overhead']:.2%} ({verdict['overhead']}); "
+                f"added over the plain batch {r['added']:.2%} ({verdict['added']})"
             )
     if device.type != "cuda":
         print("GPU: none on this machine, not measured (run with --device cuda on a GPU machine).")
