@@ -149,7 +149,7 @@ def generate(
     )
     invert = t2i.denoiser(inversion_cond.repeat(frames))
     t2v_prompts = t2v.encode_prompt(
-        settings.t2v_prompt or job.prompt, settings.t2v_negative_prompt or job.negative_prompt
+        settings.t2v_prompt or job.prompt, settings.t2v_negative_prompt or job.negative_prompt, device
     )
 
     to_t2v = to_t2i = None

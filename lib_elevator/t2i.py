@@ -73,11 +73,12 @@ class T2IModel:
         return self
 
     # ---------------------------------------------------------------------------------- text
-    def _tokens(self, tokenizer, text: str) -> torch.Tensor:
+    @staticmethod
+    def _tokens(tokenizer, text: str, encoder) -> torch.Tensor:
         ids = tokenizer(
             text, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
         ).input_ids
-        return ids.to(self.device)
+        return ids.to(encoder.device)  # the encoder's: an AnimateDiff backend may run it away from the UNet
 
     @torch.no_grad()
     def encode_prompt(self, prompt: str, height: int, width: int) -> TextCondition:
@@ -85,10 +86,10 @@ class T2IModel:
         hidden states of both encoders, the second one's pooled projection and the size ids)."""
         if self.kind != "sdxl":
             encoder = self.text_encoders[0]
-            return TextCondition(encoder(self._tokens(self.tokenizers[0], prompt))[0].to(self.dtype))
+            return TextCondition(encoder(self._tokens(self.tokenizers[0], prompt, encoder))[0].to(self.dtype))
         hidden, pooled = [], None
         for tokenizer, encoder in zip(self.tokenizers, self.text_encoders):
-            out = encoder(self._tokens(tokenizer, prompt), output_hidden_states=True)
+            out = encoder(self._tokens(tokenizer, prompt, encoder), output_hidden_states=True)
             hidden.append(out.hidden_states[-2])
             pooled = out[0]  # the last encoder (CLIPTextModelWithProjection) gives text_embeds first
         time_ids = torch.tensor([[height, width, 0, 0, height, width]], device=self.device, dtype=self.dtype)

@@ -3,8 +3,10 @@ shows the offload moves of a real job (tiny models, float16)."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
+from t2v_fixtures import tiny_sd1_base
 from torch._subclasses.fake_tensor import FakeTensor
 
 from bench.simulated_gpu import BLOCK, DEVICE, SimulatedGpu
@@ -13,9 +15,10 @@ from lib_elevator.elevator import plan_refinement
 from lib_elevator.filters import _fft_order_mask
 from lib_elevator.settings import Settings
 from lib_elevator.standalone import Job, make_schedule, planned_calls
+from lib_elevator.t2v.registry import load_t2v
 from lib_elevator.t2v.zeroscope import ZeroScopeBackend
 from lib_elevator.tiny.t2i import tiny_t2i
-from lib_elevator.tiny.t2v import build_tiny_zeroscope_folder
+from lib_elevator.tiny.t2v import build_tiny_zeroscope_folder, write_tiny_motion_module
 
 
 def test_counts_device_storages_until_freed():
@@ -84,9 +87,27 @@ def test_offloading_frees_the_t2i_weights_while_the_t2v_model_works(model_cache)
     # Offloaded: the T2V model went back to the CPU and the T2I model came back (the mask is cached already).
     assert offloaded["start"] == offloaded["end"] == t2i_weights + mask_bytes
     assert sum(offloaded["calls"].values()) == planned_calls(plan, settings)
-    # During the T2V steps the T2I UNet and text encoder step aside (only the T2I VAE stays), and the T2V
-    # prompt embeddings (2 x 77 tokens, float16) wait on the CPU, where the offloaded text encoder made them.
-    prompt_bytes = 2 * (-(-77 * t2v.text_encoder.config.hidden_size * 2 // BLOCK) * BLOCK)
-    assert offloaded["stages"]["t2v"] == resident["stages"]["t2v"] - (t2i_weights - vae_weights) - prompt_bytes
-    # The T2I steps run without the T2V model (and its prompt embeddings).
-    assert offloaded["stages"]["t2i"] == resident["stages"]["t2i"] - t2v_weights - prompt_bytes
+    # During the T2V steps the T2I UNet and text encoder step aside: only the T2I VAE stays.
+    assert offloaded["stages"]["t2v"] == resident["stages"]["t2v"] - (t2i_weights - vae_weights)
+    # The T2I steps run without the T2V model.
+    assert offloaded["stages"]["t2i"] == resident["stages"]["t2i"] - t2v_weights
+
+
+@pytest.mark.parametrize("kind", ["zeroscope", "animatediff"])
+def test_an_offloaded_t2v_model_encodes_its_prompts_on_the_device(model_cache, kind):
+    """Its text encoder sits on the CPU with it (in float16, slow there); it visits the device to encode."""
+    if kind == "zeroscope":
+        folder = build_tiny_zeroscope_folder(str(model_cache / "vram-zeroscope"))
+    else:
+        folder = write_tiny_motion_module(str(model_cache / "vram-mm_sd_v15_v2.safetensors"), "v2", seed=2)
+    with SimulatedGpu().active() as sim:
+        base = tiny_sd1_base() if kind == "animatediff" else None
+        t2v = load_t2v(folder, base=base).to("cpu", torch.float16)
+        encoders = base.to("cpu", torch.float16).text_encoders if base is not None else [t2v.text_encoder]
+        encoder_bytes = sum(-(-p.nbytes // BLOCK) * BLOCK for e in encoders for p in e.parameters())
+        sim.reset_peak()
+        prompts = t2v.encode_prompt("a boat on a lake", "blurry", DEVICE)
+        assert sim.peak >= encoder_bytes  # it ran on the device ...
+        assert all(p.device.type == "cpu" for e in encoders for p in e.parameters())  # ... and went back
+        assert prompts.cond.device == prompts.uncond.device == DEVICE
+        assert sim.current == 2 * (-(-prompts.cond.nbytes // BLOCK) * BLOCK)  # only the embeddings stay

@@ -27,7 +27,7 @@ class StubT2V(T2VBackend):
         self.alphas_cumprod = alphas_cumprod(beta_schedule)
         self.moves = []
 
-    def encode_prompt(self, prompt, negative_prompt):
+    def encode_prompt(self, prompt, negative_prompt, device=None):
         return PromptPair(
             torch.full((1, 3, 8), len(prompt) / 10.0), torch.full((1, 3, 8), -len(negative_prompt) / 10.0)
         )

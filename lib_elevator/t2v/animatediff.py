@@ -26,7 +26,7 @@ import re
 import torch
 
 from lib_elevator.schedule import alphas_cumprod
-from lib_elevator.t2v.base import PromptPair, T2VBackend
+from lib_elevator.t2v.base import PromptPair, T2VBackend, modules_on
 from lib_elevator.t2v.registry import diffusers_weights_kwargs, load_weights_file
 
 logger = logging.getLogger(__name__)
@@ -115,10 +115,11 @@ class AnimateDiffBackend(T2VBackend):
 
     # ------------------------------------------------------------------------------ T2VBackend
     @torch.no_grad()
-    def encode_prompt(self, prompt: str, negative_prompt: str) -> PromptPair:
+    def encode_prompt(self, prompt: str, negative_prompt: str, device: torch.device | None = None) -> PromptPair:
         # The base model's CLIP text encoder, exactly as it encodes prompts for images.
-        cond = self.base.encode_prompt(prompt, 512, 512).context
-        uncond = self.base.encode_prompt(negative_prompt, 512, 512).context
+        with modules_on(self.base.text_encoders, device):
+            cond = self.base.encode_prompt(prompt, 512, 512).context
+            uncond = self.base.encode_prompt(negative_prompt, 512, 512).context
         return PromptPair(cond.to(self.dtype), uncond.to(self.dtype))
 
     def model_output(self, video: torch.Tensor, timestep: int, context: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,7 @@ and LCM (AnimateLCM). Every random draw goes through the caller's NoiseSource.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -49,8 +50,10 @@ class T2VBackend(ABC):
     dtype: torch.dtype = torch.float32
 
     @abstractmethod
-    def encode_prompt(self, prompt: str, negative_prompt: str) -> PromptPair:
-        """Embed prompt and negative prompt with the T2V model's own text encoder."""
+    def encode_prompt(self, prompt: str, negative_prompt: str, device: torch.device | None = None) -> PromptPair:
+        """Embed prompt and negative prompt with the T2V model's own text encoder. `device`: where to
+        run it when it sits elsewhere (an offloaded model's is on the CPU, where float16 is slow); it is
+        put back afterwards and the embeddings stay on `device`."""
 
     @abstractmethod
     def model_output(self, video: torch.Tensor, timestep: int, context: torch.Tensor) -> torch.Tensor:
@@ -128,6 +131,21 @@ class T2VBackend(ABC):
             else:  # DDIM, eta = 0
                 x = math.sqrt(a_next) * prediction + math.sqrt(1 - a_next) * eps
         return prediction
+
+
+@contextlib.contextmanager
+def modules_on(modules: list, device: torch.device | None):
+    """Run `modules` (diffusers/transformers models) on `device` for a while, then put each back."""
+    homes = [module.device for module in modules]
+    if device is not None:
+        for module in modules:
+            module.to(device)
+    try:
+        yield
+    finally:
+        if device is not None:
+            for module, home in zip(modules, homes):
+                module.to(home)
 
 
 def lcm_boundary(

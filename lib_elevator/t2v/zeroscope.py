@@ -18,7 +18,7 @@ import torch
 
 from lib_elevator.latent_space import SD1_LATENTS, LatentSpace
 from lib_elevator.schedule import alphas_from_config
-from lib_elevator.t2v.base import PromptPair, T2VBackend
+from lib_elevator.t2v.base import PromptPair, T2VBackend, modules_on
 from lib_elevator.t2v.registry import diffusers_weights_kwargs, load_clip_text_encoder
 
 
@@ -86,8 +86,9 @@ class ZeroScopeBackend(T2VBackend):
 
     # ------------------------------------------------------------------------------ T2VBackend
     @torch.no_grad()
-    def encode_prompt(self, prompt: str, negative_prompt: str) -> PromptPair:
-        return PromptPair(self._embed(prompt), self._embed(negative_prompt))
+    def encode_prompt(self, prompt: str, negative_prompt: str, device: torch.device | None = None) -> PromptPair:
+        with modules_on([self.text_encoder], device):
+            return PromptPair(self._embed(prompt), self._embed(negative_prompt))
 
     def _embed(self, text: str) -> torch.Tensor:
         tokens = self.tokenizer(

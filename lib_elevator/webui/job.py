@@ -90,7 +90,8 @@ class WebUIJob(RefineHooks):
                                      self.t2v.latent_space)
             to_t2i = to_t2v.reverse()
         prompts = self.t2v.encode_prompt(plain_text(self.settings.t2v_prompt or self.p.prompts[0]),
-                                         plain_text(self.settings.t2v_negative_prompt or self.p.negative_prompts[0]))
+                                         plain_text(self.settings.t2v_negative_prompt or self.p.negative_prompts[0]),
+                                         devices.device)
         self.refiner = Refiner(self.t2v, self.settings, self.refine_plan, prompts, self.noise, to_t2v=to_t2v,
                                to_t2i=to_t2i, before_call=self.before_call, device=devices.device,
                                offload=models.offload_wanted(), make_room=host_off_device)

@@ -383,7 +383,7 @@ class FakeT2V(T2VBackend):
         if max_frames is not None:
             self.max_frames = max_frames
 
-    def encode_prompt(self, prompt, negative_prompt):
+    def encode_prompt(self, prompt, negative_prompt, device=None):
         self.prompts.append((prompt, negative_prompt))
         return PromptPair(torch.ones(1, 2, 8), torch.zeros(1, 2, 8))
 
