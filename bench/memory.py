@@ -38,7 +38,10 @@ RESULT = "RESULT "
 JOB_CONFIGS = {
     "tiny": dict(frames=16, steps=20, refine="10%,30%,50%,70%", t2v_steps=8, size=64),
     "full": dict(frames=8, steps=6, refine="10%,60%", t2v_steps=2, size=64),
+    # the paper's job on the full-size models, as bench.vram simulates it (--paper; for a GPU)
+    "paper": dict(frames=16, steps=50, refine="10%,30%,50%,70%", t2v_steps=8, size=512),
 }
+MODELS = {"tiny": "tiny", "full": "full", "paper": "full"}  # which bench.models set a configuration runs on
 
 
 # ------------------------------------------------------------------------------------ measuring
@@ -153,7 +156,7 @@ def child_job(args) -> dict:
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     cfg = JOB_CONFIGS[args.size]
-    t2i_path, t2v_path = models.folders(args.size, args.cache)
+    t2i_path, t2v_path = models.folders(MODELS[args.size], args.cache)
     out = {"rss_imported": rss_bytes()}
     with Phase(device) as load:
         t2i = load_t2i(t2i_path, device=device, dtype=dtype)
@@ -220,6 +223,7 @@ def gib(n: float) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.memory", description=__doc__.split("\n\n")[0])
     p.add_argument("--full", action="store_true", help="also the job with the full-size models (~11 GB of weights)")
+    p.add_argument("--paper", action="store_true", help="also the paper's job (16 frames, 512 px, 50 steps): for a GPU")
     p.add_argument("--device", default="auto", help="cpu, cuda, ... (auto: cuda when available)")
     p.add_argument("--dtype", default="auto", help="float32, float16, ... (auto: float16 on cuda, else float32)")
     p.add_argument("--decode-size", type=int, default=256, help="frame size in pixels for the decode variants")
@@ -228,7 +232,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads in the children (default: torch's)")
     # internal: one variant in this process
     p.add_argument("--child", choices=["job", "decode"], help=argparse.SUPPRESS)
-    p.add_argument("--size", choices=["tiny", "full"], default="tiny", help=argparse.SUPPRESS)
+    p.add_argument("--size", choices=list(JOB_CONFIGS), default="tiny", help=argparse.SUPPRESS)
     p.add_argument("--offload", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--batch", type=int, default=1, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -245,7 +249,7 @@ def main(argv=None) -> int:
     print("CPU peaks: VmHWM reset per phase via /proc/self/clear_refs; every variant in a fresh process\n")
 
     rows = []
-    for size in ["tiny", "full"] if args.full else ["tiny"]:
+    for size in ["tiny"] + (["full"] if args.full else []) + (["paper"] if args.paper else []):
         cfg = JOB_CONFIGS[size]
         for offload in (False, True):
             r = run_child("job", ["--size", size] + (["--offload"] if offload else []), args)
