@@ -25,6 +25,9 @@ Two patches of torch, active only inside `active()`, make the simulation work:
   the whole (rows x heads x N x N) score matrix; a GPU runs float16/bfloat16 attention as
   FlashAttention (torch picks it on Ampere and later GPUs), so that kernel's op is called instead.
 
+It leans on torch's private fake-tensor API (`torch._subclasses.fake_tensor`, the converter memo), as
+of the pinned torch 2.13; tests/test_bench_vram.py fails loudly if a torch upgrade changes it.
+
 What it cannot see (why the figures are estimates): kernel workspaces (cuBLAS, cuDNN convolution
 algorithms), the CUDA context (outside `memory_allocated` anyway), the allocator's fragmentation
 (reserved minus allocated), and the values of tensors (a read of one gives 0; the only such read
