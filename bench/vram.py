@@ -32,6 +32,7 @@ import torch
 from bench import models
 from bench.common import NEGATIVE, PROMPT, machine, table
 from bench.simulated_gpu import DEVICE, SimulatedGpu
+from lib_elevator.filters import _fft_order_mask
 from lib_elevator.settings import Settings
 from lib_elevator.standalone import Job, generate
 from lib_elevator.t2i import T2IModel
@@ -84,7 +85,7 @@ def run_job(sim: SimulatedGpu, t2i, t2v, job: Job, settings: Settings, offload: 
 
     def decode(latents, batch=decode_batch):
         sim.stage = "decode"
-        T2IModel.decode(t2i, latents, decode_batch)
+        T2IModel.decode(t2i, latents, batch)
         return torch.zeros(latents.shape[0], job.height, job.width, 3)
 
     def progress(stage: str) -> None:
@@ -168,6 +169,7 @@ def main(argv=None) -> int:
             ]
             for batch in sorted({args.frames, 4, 2, 1}, reverse=True)
         ]
+    _fft_order_mask.cache_clear()  # its masks were made on the simulated device
 
     print()
     print(table(["model on the device", "weights GiB"], [[k, gib(v)] for k, v in weights.items()], "Weights"))
