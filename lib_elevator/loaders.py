@@ -24,14 +24,20 @@ from types import SimpleNamespace
 
 import torch
 
+from lib_elevator.errors import ModelError, UserError, as_model_error
 from lib_elevator.lora import merge_lora
 from lib_elevator.t2i import T2IModel
 from lib_elevator.tokenizer import clip_tokenizer
+from lib_elevator.weights import (
+    PICKLE_EXTENSIONS,
+    WEIGHT_EXTENSIONS,
+    as_float32,
+    read_folder_weights,
+    read_state_dict,
+    unwrap_state_dict,
+)
 
 logger = logging.getLogger(__name__)
-
-SAFE_CHECKPOINT_EXTENSIONS = (".safetensors",)
-PICKLE_CHECKPOINT_EXTENSIONS = (".ckpt", ".pt", ".pth", ".bin")
 
 # SD's training schedule; every SD1/SD2/SDXL checkpoint uses it.
 STANDARD_SCHEDULER = {
@@ -169,10 +175,20 @@ def load_t2i(
     allow_pickle: bool = False,
 ) -> T2IModel:
     """Load a T2I model from a diffusers folder or a single checkpoint file, merge `loras`
-    (a sequence of (path, weight)) into its weights, and move it to `device` / `dtype`."""
+    (a sequence of (path, weight)) into its weights, and move it to `device` / `dtype`. Every
+    problem with the files is a ModelError naming the file."""
+    try:
+        return _load_t2i(path, loras, device, dtype, config_file, tokenizer_dir, allow_pickle)
+    except UserError:
+        raise
+    except (ValueError, OSError) as error:  # what diffusers/transformers/safetensors raise on bad files
+        raise as_model_error(error) from error
+
+
+def _load_t2i(path, loras, device, dtype, config_file, tokenizer_dir, allow_pickle) -> T2IModel:
     path = os.fspath(path)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"T2I model not found: {path}")
+        raise ModelError(f"T2I model not found: {path}")
     if os.path.isdir(path):
         model = load_diffusers_folder(path, tokenizer_dir=tokenizer_dir, allow_pickle=allow_pickle)
     else:
@@ -339,40 +355,6 @@ def folder_scheduler_config(folder: str) -> dict:
     return {key: saved.get(key, default) for key, default in STANDARD_SCHEDULER.items()}
 
 
-def read_folder_weights(subfolder: str, allow_pickle: bool) -> dict[str, torch.Tensor]:
-    """All tensors of a diffusers/transformers model folder: one safetensors file (the plain one before
-    a variant such as .fp16), a sharded one with its index, or with `allow_pickle` a .bin file."""
-    files = sorted(os.listdir(subfolder))
-    safe = weight_files(subfolder, files, ".safetensors")
-    if safe:
-        return read_files_as_float32(safe, allow_pickle=False)
-    pickled = weight_files(subfolder, files, ".bin")
-    if pickled and not allow_pickle:
-        raise ValueError(
-            f"{subfolder} holds only pickled weights (.bin); convert them to safetensors or pass allow_pickle=True"
-        )
-    if not pickled:
-        raise FileNotFoundError(f"{subfolder} holds no model weights (.safetensors)")
-    return read_files_as_float32(pickled, allow_pickle=True)
-
-
-def weight_files(subfolder: str, files: list[str], extension: str) -> list[str]:
-    indexes = [f for f in files if f.endswith(extension + ".index.json")]
-    if indexes:
-        with open(os.path.join(subfolder, min(indexes, key=len)), encoding="utf-8") as f:
-            shards = sorted(set(json.load(f)["weight_map"].values()))
-        return [os.path.join(subfolder, s) for s in shards]
-    singles = [f for f in files if f.endswith(extension)]
-    return [os.path.join(subfolder, min(singles, key=len))] if singles else []  # shortest: no variant
-
-
-def read_files_as_float32(paths: list[str], allow_pickle: bool) -> dict[str, torch.Tensor]:
-    tensors = {}
-    for path in paths:
-        tensors.update(read_tensors(path, allow_pickle))
-    return as_float32(tensors)
-
-
 # ================================================================================== single files
 def load_single_file(
     path: str, config_file: str | None = None, tokenizer_dir: str | None = None, allow_pickle: bool = False
@@ -417,44 +399,16 @@ def yaml_beside(path: str) -> str | None:
     return None
 
 
-def read_tensors(path: str, allow_pickle: bool) -> dict:
-    """A checkpoint's top-level object: safetensors directly; pickles only by opt-in, and then with
-    torch's restricted (weights-only) unpickler."""
-    extension = os.path.splitext(path)[1].lower()
-    if extension in SAFE_CHECKPOINT_EXTENSIONS:
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(path)
-        except Exception as error:  # safetensors raises its own error types for damaged headers
-            raise ValueError(f"{path} is not a readable safetensors file: {error}") from None
-    if extension in PICKLE_CHECKPOINT_EXTENSIONS:
-        if not allow_pickle:
-            raise ValueError(
-                f"{path} is a pickled checkpoint ({extension}), which can run code when loaded; convert it to "
-                ".safetensors or pass allow_pickle=True (it is then read with torch.load(weights_only=True))"
-            )
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:
-            raise ValueError(f"{path} could not be read with torch.load(weights_only=True): {error}") from None
-    raise ValueError(
-        f"{path} is not a model checkpoint: expected a .safetensors file "
-        f"(or {', '.join(PICKLE_CHECKPOINT_EXTENSIONS)} with allow_pickle=True), or a diffusers folder"
-    )
-
-
-def as_float32(tensors: dict) -> dict[str, torch.Tensor]:
-    """Floating tensors as float32 (merges and conversions run there; the final dtype comes last)."""
-    return {k: v.float() if v.is_floating_point() else v for k, v in tensors.items() if isinstance(v, torch.Tensor)}
-
-
 def read_checkpoint(path: str, allow_pickle: bool) -> tuple[dict[str, torch.Tensor], int | None]:
-    loaded = read_tensors(path, allow_pickle)
+    extension = os.path.splitext(path)[1].lower()
+    if extension not in WEIGHT_EXTENSIONS:
+        raise ModelError(
+            f"{path} is not a model checkpoint: expected a .safetensors file "
+            f"(or {', '.join(PICKLE_EXTENSIONS)} with allow_pickle=True), or a diffusers folder"
+        )
+    loaded = read_state_dict(path, allow_pickle)
     global_step = loaded.get("global_step") if isinstance(loaded.get("global_step"), int) else None
-    if isinstance(loaded.get("state_dict"), dict):  # Lightning checkpoints nest the weights
-        loaded = loaded["state_dict"]
-    return normalise_clip_keys(as_float32(loaded)), global_step
+    return normalise_clip_keys(as_float32(unwrap_state_dict(loaded))), global_step
 
 
 def normalise_clip_keys(checkpoint: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

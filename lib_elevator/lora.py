@@ -15,11 +15,13 @@ text encoder. The update of a layer is W += weight * alpha / rank * up @ down.
 from __future__ import annotations
 
 import logging
-import os
 import re
 from dataclasses import dataclass, field
 
 import torch
+
+from lib_elevator.errors import ModelError
+from lib_elevator.weights import read_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -225,7 +227,7 @@ def check_factors(layer: torch.nn.Module, factors: dict[str, torch.Tensor], wher
     down, up = factors["down"], factors["up"]
     fits = up.flatten(1).shape[1] == down.shape[0] and up.shape[0] * down.flatten(1).shape[1] == layer.weight.numel()
     if not fits:
-        raise ValueError(
+        raise ModelError(
             f"{where}: LoRA factors up {tuple(up.shape)} and down {tuple(down.shape)} do not fit the layer's "
             f"weight {tuple(layer.weight.shape)}"
         )
@@ -243,16 +245,9 @@ def merge_factors(layer: torch.nn.Module, factors: dict[str, torch.Tensor], weig
 
 
 def read_lora_file(lora_path: str) -> dict[str, torch.Tensor]:
-    if not os.path.isfile(lora_path):
-        raise FileNotFoundError(f"LoRA file not found: {lora_path}")
     if not lora_path.endswith(".safetensors"):
-        raise ValueError(f"LoRA file {lora_path} is not a .safetensors file; only safetensors LoRAs are loaded")
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(lora_path)
-    except Exception as error:  # safetensors raises its own error types for damaged headers
-        raise ValueError(f"LoRA file {lora_path} is not a readable safetensors file: {error}") from None
+        raise ModelError(f"LoRA file {lora_path} is not a .safetensors file; only safetensors LoRAs are loaded")
+    return read_state_dict(lora_path)
 
 
 def merge_lora(root_modules: dict[str, torch.nn.Module], lora_path: str, weight: float = 1.0) -> int:
@@ -262,7 +257,7 @@ def merge_lora(root_modules: dict[str, torch.nn.Module], lora_path: str, weight:
     plan = plan_lora(root_modules, state_dict)
     complete = {target: f for target, f in plan.factors.items() if "down" in f and "up" in f}
     if not complete:
-        raise ValueError(
+        raise ModelError(
             f"LoRA file {lora_path}: none of its {len(state_dict)} keys match a layer of "
             f"{', '.join(root_modules)} (a LoRA for another base model, or not a LoRA file?)"
         )

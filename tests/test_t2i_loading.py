@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from lib_elevator.errors import ModelError
 from lib_elevator.loaders import (
     SD2_ORIGINAL,
     STANDARD_SCHEDULER,
@@ -449,13 +450,13 @@ def test_lora_that_matches_nothing_names_the_file(single_file, tmp_path):
     )
     with pytest.raises(ValueError, match="xl.safetensors"):
         load_t2i(single_file("sd1"), loras=[(str(tmp_path / "xl.safetensors"), 1.0)])
-    with pytest.raises(FileNotFoundError, match="absent.safetensors"):
+    with pytest.raises(ModelError, match="absent.safetensors"):
         load_t2i(single_file("sd1"), loras=[(str(tmp_path / "absent.safetensors"), 1.0)])
 
 
 # ------------------------------------------------------------------------------ errors name the path
 def test_missing_path(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nowhere"):
+    with pytest.raises(ModelError, match="nowhere"):
         load_t2i(str(tmp_path / "nowhere"))
 
 
@@ -463,12 +464,12 @@ def test_folder_without_model_index_or_unet(folder, tmp_path):
     broken = tmp_path / "no-index"
     shutil.copytree(folder("sd1"), broken)
     os.remove(broken / "model_index.json")
-    with pytest.raises(FileNotFoundError, match=r"no-index.*model_index\.json"):
+    with pytest.raises(ModelError, match=r"no-index.*model_index\.json"):
         load_t2i(str(broken))
     no_unet = tmp_path / "no-unet"
     shutil.copytree(folder("sd1"), no_unet)
     shutil.rmtree(no_unet / "unet")
-    with pytest.raises(FileNotFoundError, match=r"no-unet.*unet"):
+    with pytest.raises(ModelError, match=r"no-unet.*unet"):
         load_t2i(str(no_unet))
 
 
@@ -505,7 +506,7 @@ def test_config_file_that_is_not_a_model_config(single_file, tmp_path):
     bad.write_text("just: a list\n")
     with pytest.raises(ValueError, match=r"bad\.yaml.*unet_config"):
         load_t2i(single_file("sd1"), config_file=str(bad))
-    with pytest.raises(FileNotFoundError, match="absent.yaml"):
+    with pytest.raises(ModelError, match="absent.yaml"):
         load_t2i(single_file("sd1"), config_file=str(tmp_path / "absent.yaml"))
 
 
@@ -516,7 +517,7 @@ def test_yaml_naming_a_missing_text_encoder_folder(single_file, tmp_path):
         config = yaml.safe_load(f)
     config["model"]["params"]["cond_stage_config"]["params"]["version"] = str(tmp_path / "gone")
     (tmp_path / "moved.yaml").write_text(yaml.safe_dump(config))
-    with pytest.raises(FileNotFoundError, match=r"moved\.yaml.*gone"):
+    with pytest.raises(ModelError, match=r"moved\.yaml.*gone"):
         load_t2i(single_file("sd1"), config_file=str(tmp_path / "moved.yaml"))
 
 

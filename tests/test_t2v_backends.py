@@ -16,17 +16,18 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from t2v_fixtures import build_model_folder, tiny_sd1_base  # noqa: E402
 
+from lib_elevator.errors import ModelError  # noqa: E402
 from lib_elevator.noise import TorchNoise  # noqa: E402
 from lib_elevator.schedule import alphas_cumprod  # noqa: E402
 from lib_elevator.t2v import animatediff  # noqa: E402
 from lib_elevator.t2v.base import lcm_boundary  # noqa: E402
 from lib_elevator.t2v.registry import (  # noqa: E402
-    PickleRefusedError,
     detect_t2v_kind,
     list_t2v_models,
     load_t2v,
 )
 from lib_elevator.tiny import t2v as tiny  # noqa: E402
+from lib_elevator.weights import PickleRefusedError  # noqa: E402
 
 FRAMES, CHANNELS, SIZE = 4, 4, 8
 
@@ -76,9 +77,31 @@ def unet_direct(backend, x: torch.Tensor, t: int, context: torch.Tensor) -> torc
 def test_detect_kinds(models):
     paths = models["paths"]
     assert detect_t2v_kind(paths["zeroscope"]) == "zeroscope"
-    for key in ("mm_v1", "mm_v2", "mm_v3", "mm_v2_ckpt"):
+    for key in ("mm_v1", "mm_v2", "mm_v3"):
         assert detect_t2v_kind(paths[key]) == "animatediff"
     assert detect_t2v_kind(paths["animatelcm"]) == "animatelcm"
+    # A pickled motion module is recognised, but it cannot run without the opt-in.
+    with pytest.raises(PickleRefusedError, match="mm_sd_v15_v2.ckpt"):
+        detect_t2v_kind(paths["mm_v2_ckpt"])
+    assert detect_t2v_kind(paths["mm_v2_ckpt"], allow_pickle=True) == "animatediff"
+
+
+def test_pia_motion_module_is_refused_at_detection(tmp_path):
+    """A PIA / SparseCtrl module (its own conv_in) is a T2V model that cannot run: detection says so
+    by name, before anything is loaded, and listings show it with that reason."""
+    from safetensors.torch import load_file, save_file
+
+    plain = tiny.write_tiny_motion_module(str(tmp_path / "plain.safetensors"), "v2", seed=2)
+    state = load_file(plain)
+    state["conv_in.weight"] = torch.zeros(32, 9, 3, 3)
+    pia = str(tmp_path / "pia_sd15.safetensors")
+    save_file(state, pia)
+    os.remove(plain)
+    with pytest.raises(ModelError, match=r"pia_sd15.*PIA / SparseCtrl"):
+        detect_t2v_kind(pia)
+    assert list_t2v_models([str(tmp_path)]) == []
+    [entry] = list_t2v_models([str(tmp_path)], include_unusable=True)
+    assert entry["kind"] is None and "PIA / SparseCtrl" in entry["error"]
 
 
 def test_zeroscope_attributes(models, tmp_path):
@@ -336,7 +359,7 @@ def test_animatelcm_motion_module_file_finds_sibling_lora(models, tmp_path):
     folder = tmp_path / "mm"
     folder.mkdir()
     path = tiny.write_tiny_motion_module(str(folder / "AnimateLCM_sd15_t2v.safetensors"), "v2", seed=4)
-    with pytest.raises(FileNotFoundError, match="LCM LoRA"):
+    with pytest.raises(ModelError, match="LCM LoRA"):
         detect_t2v_kind(path)
     shutil.copy(os.path.join(models["paths"]["animatelcm"], tiny.ANIMATELCM_LORA_NAME), folder)
     backend = load_t2v(path, base=models["base"])
@@ -351,7 +374,7 @@ def test_animatelcm_motion_module_file_finds_sibling_lora(models, tmp_path):
 
 
 def _error(path, **kwargs):
-    with pytest.raises((OSError, ValueError)) as info:
+    with pytest.raises(ModelError) as info:
         load_t2v(path, **kwargs)
     message = str(info.value)
     assert str(path) in message, message
@@ -413,12 +436,15 @@ def test_list_t2v_models(models):
     assert [(m["name"], m["kind"]) for m in listed] == [
         ("AnimateLCM", "animatelcm"),
         ("mm_sd_v15.safetensors", "animatediff"),
-        ("mm_sd_v15_v2.ckpt", "animatediff"),
         ("mm_sd_v15_v2.safetensors", "animatediff"),
         ("v3_sd15_mm.safetensors", "animatediff"),
         ("zeroscope", "zeroscope"),
     ]
     assert all(os.path.isabs(m["path"]) for m in listed)
+    # Pickles run only with the opt-in; without it the listing says why they are not offered.
+    pickled = [m for m in list_t2v_models([models["root"]], include_unusable=True) if m["kind"] is None]
+    assert [m["name"] for m in pickled] == ["mm_sd_v15_v2.ckpt"] and "pickled" in pickled[0]["error"]
+    assert "mm_sd_v15_v2.ckpt" in [m["name"] for m in list_t2v_models([models["root"]], allow_pickle=True)]
     # A folder that is itself a model lists as that model, not as its parts.
     assert [m["kind"] for m in list_t2v_models([models["paths"]["animatelcm"]])] == ["animatelcm"]
 

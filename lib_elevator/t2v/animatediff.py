@@ -18,16 +18,16 @@ beta schedule, unlike SD's scaled_linear.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
 
 import torch
 
+from lib_elevator.errors import ModelError, SettingsError
 from lib_elevator.schedule import alphas_cumprod
 from lib_elevator.t2v.base import PromptPair, T2VBackend, modules_on
-from lib_elevator.t2v.registry import diffusers_weights_kwargs, load_weights_file
+from lib_elevator.weights import folder_weights_kwargs, read_json, read_state_dict, tensor_names, unwrap_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +45,12 @@ class AnimateDiffBackend(T2VBackend):
     prediction_type = "epsilon"
 
     def __init__(self, motion_unet, base, *, lcm: bool = False, name: str = "", motion_version: str = ""):
+        """`base`: the SD1.5 T2IModel the motion module was plugged into. Only its text encoder,
+        tokenizer and VAE are kept (the motion UNet holds its own copy of the spatial layers), so a
+        caller that drops the base frees its UNet."""
         self.unet = motion_unet.eval()
-        self.base = base
+        self.text_encoder = base.text_encoders[0]
+        self.tokenizer = base.tokenizers[0]
         self.kind = "animatelcm" if lcm else "animatediff"
         self.sampler = "lcm" if lcm else "ddim"
         self.name = name
@@ -78,9 +82,9 @@ class AnimateDiffBackend(T2VBackend):
 
         motion_module = os.path.abspath(motion_module)
         if base is None:
-            raise ValueError(
-                f"{motion_module} is an AnimateDiff motion module; it needs a SD1.5 base model to plug into "
-                "(pass base=, or select a SD1.5 checkpoint)"
+            raise ModelError(
+                f"{motion_module} is an AnimateDiff/AnimateLCM motion module; it needs a SD1.5 base model to plug "
+                "into (pass base= or --t2v-base, or select a SD1.x checkpoint)"
             )
         if isinstance(base, (str, os.PathLike)):
             from lib_elevator.loaders import load_t2i
@@ -89,11 +93,6 @@ class AnimateDiffBackend(T2VBackend):
         check_base(base, motion_module)
 
         lcm_lora = lcm_lora or find_lcm_lora(motion_module)
-        if lcm_lora is None and "animatelcm" in os.path.basename(motion_module).lower():
-            raise FileNotFoundError(
-                f"{motion_module} is an AnimateLCM motion module, which needs its LCM LoRA "
-                f"({ANIMATELCM_LORA_NAME}) next to it or passed as lcm_lora"
-            )
         adapter = load_motion_adapter(motion_module, allow_pickle)
         check_fits(adapter, base.unet, motion_module)
         # Memory: the motion UNet is a full copy of the base UNet (SD1.5: ~860M parameters, 1.7 GB
@@ -116,17 +115,23 @@ class AnimateDiffBackend(T2VBackend):
     # ------------------------------------------------------------------------------ T2VBackend
     @torch.no_grad()
     def encode_prompt(self, prompt: str, negative_prompt: str, device: torch.device | None = None) -> PromptPair:
-        # The base model's CLIP text encoder, exactly as it encodes prompts for images.
-        with modules_on(self.base.text_encoders, device):
-            cond = self.base.encode_prompt(prompt, 512, 512).context
-            uncond = self.base.encode_prompt(negative_prompt, 512, 512).context
+        # The base model's CLIP text encoder, as SD1 encodes prompts: the last hidden state.
+        with modules_on([self.text_encoder], device):
+            cond, uncond = (self._embed(text) for text in (prompt, negative_prompt))
         return PromptPair(cond.to(self.dtype), uncond.to(self.dtype))
+
+    def _embed(self, text: str) -> torch.Tensor:
+        ids = self.tokenizer(
+            text, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True,
+            return_tensors="pt",
+        ).input_ids
+        return self.text_encoder(ids.to(self.text_encoder.device))[0]
 
     def model_output(self, video: torch.Tensor, timestep: int, context: torch.Tensor) -> torch.Tensor:
         frames = video.shape[2]
         if frames > self.max_frames:
-            raise ValueError(
-                f"the motion module {self.name} handles at most {self.max_frames} frames; {frames} were asked for"
+            raise SettingsError(
+                "frames", f"the motion module {self.name} handles at most {self.max_frames} frames; {frames} were asked for"
             )
         # UNetMotionModel takes (B, C, F, h, w) but, unlike UNet3DConditionModel, wants the text
         # context already repeated per frame, in its (B*F) frame order.
@@ -135,7 +140,7 @@ class AnimateDiffBackend(T2VBackend):
 
     def to(self, device=None, dtype=None) -> AnimateDiffBackend:
         # Only the motion UNet is this backend's own; the text encoder and VAE belong to the base
-        # (image) model and are placed with it.
+        # (image) model and are placed with it (the text encoder visits `device` in encode_prompt).
         self.unet.to(device=device, dtype=dtype)
         self.device, self.dtype = self.unet.device, self.unet.dtype
         return self
@@ -148,7 +153,7 @@ def check_base(base, motion_module: str) -> None:
     kind = getattr(base, "kind", None)
     if kind != "sd1":
         name = getattr(base, "name", "") or type(base).__name__
-        raise ValueError(
+        raise ModelError(
             f"{motion_module}: AnimateDiff/AnimateLCM motion modules plug into a SD1.5 model; the base model "
             f"{name} is {kind or 'not a loaded T2I model'} (choose a SD1.x checkpoint as the base)"
         )
@@ -159,13 +164,13 @@ def check_fits(adapter, unet, motion_module: str) -> None:
     ours = list(adapter.config.block_out_channels)
     theirs = list(unet.config.block_out_channels)
     if ours != theirs:
-        raise ValueError(
+        raise ModelError(
             f"{motion_module} is a motion module for a UNet with block channels {ours}; the base UNet has "
             f"{theirs} (SDXL motion modules such as mm_sdxl_v10_beta are not supported)"
         )
     layers = adapter.config.motion_layers_per_block
     if layers != unet.config.layers_per_block:
-        raise ValueError(
+        raise ModelError(
             f"{motion_module} has {layers} motion modules per down block; the base UNet has "
             f"{unet.config.layers_per_block} layers per block"
         )
@@ -189,35 +194,36 @@ def load_motion_adapter(path: str, allow_pickle: bool = False):
     if os.path.isdir(path):
         config_path = os.path.join(path, "config.json")
         if not os.path.isfile(config_path):
-            raise FileNotFoundError(f"{path} is not a MotionAdapter folder: it has no config.json")
-        with open(config_path, encoding="utf-8") as f:
-            class_name = json.load(f).get("_class_name")
+            raise ModelError(f"{path} is not a MotionAdapter folder: it has no config.json")
+        class_name = read_json(config_path).get("_class_name")
         if class_name != "MotionAdapter":
-            raise ValueError(f"{path}: config.json describes a {class_name}, not a MotionAdapter")
-        return MotionAdapter.from_pretrained(path, **diffusers_weights_kwargs(path, allow_pickle))
-    state = load_weights_file(path, allow_pickle)
-    return motion_adapter_from_state(state, path)
+            raise ModelError(f"{path}: config.json describes a {class_name}, not a MotionAdapter")
+        return MotionAdapter.from_pretrained(path, **folder_weights_kwargs(path, allow_pickle))
+    return motion_adapter_from_state(unwrap_state_dict(read_state_dict(path, allow_pickle)), path)
+
+
+def motion_module_problem(names) -> str | None:
+    """Why a motion-module file with these tensor names cannot run here, or None when it can."""
+    if any(name.removeprefix("module.").startswith("conv_in.") for name in names):
+        return "a motion module with its own input convolution (PIA / SparseCtrl); only plain motion modules work"
+    return None
 
 
 def motion_adapter_from_state(state: dict[str, torch.Tensor], path: str = "motion module"):
     from diffusers import MotionAdapter
 
-    if isinstance(state.get("state_dict"), dict):  # some .ckpt files wrap the weights
-        state = state["state_dict"]
-    state = {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
     if any(".temporal_transformer." in k for k in state):
         state = diffusers_motion_keys(state)
     if not any(".motion_modules." in k for k in state):
-        raise ValueError(f"{path} is not an AnimateDiff motion module: it has no motion_modules weights")
-    if any(k.startswith("conv_in.") for k in state):
-        raise ValueError(
-            f"{path} has its own input convolution (PIA / SparseCtrl); only plain motion modules are supported"
-        )
+        raise ModelError(f"{path} is not an AnimateDiff motion module: it has no motion_modules weights")
+    problem = motion_module_problem(state)
+    if problem:
+        raise ModelError(f"{path}: {problem}")
     config = motion_adapter_config(state, path)
     adapter = MotionAdapter(**config)
     missing, unexpected = adapter.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise ValueError(
+        raise ModelError(
             f"{path} does not match the motion-module layout its weights imply ({config}): "
             f"missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
             f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''}"
@@ -268,7 +274,7 @@ def motion_adapter_config(state: dict[str, torch.Tensor], path: str = "motion mo
         if match:
             modules.setdefault(int(match.group(1)), set()).add(int(match.group(2)))
     if not modules or sorted(modules) != list(range(len(modules))):
-        raise ValueError(f"{path}: cannot find the motion modules of the down blocks (down_blocks.N.motion_modules.M)")
+        raise ModelError(f"{path}: cannot find the motion modules of the down blocks (down_blocks.N.motion_modules.M)")
     blocks = range(len(modules))
     channels = [state[f"down_blocks.{i}.motion_modules.0.proj_in.weight"].shape[0] for i in blocks]
     layers = [len(modules[i]) for i in blocks]
@@ -321,14 +327,13 @@ def merge_lcm_lora(motion_unet, lora_path: str, weight: float = LCM_LORA_WEIGHT)
     """Merge the LCM LoRA into the motion UNet's weights (kohya `lora_unet_*` keys, the format of
     AnimateLCM_sd15_t2v_lora.safetensors, or diffusers/PEFT keys)."""
     from lib_elevator.lora import merge_lora
-    from lib_elevator.t2v.registry import weight_names
 
-    names = weight_names(lora_path) if lora_path.lower().endswith(".safetensors") else None
+    names = tensor_names(lora_path) if lora_path.lower().endswith(".safetensors") else None
     if names and any(".lora_down." in n for n in names) and not any(n.endswith(".alpha") for n in names):
         # kohya files scale by alpha / rank, and a file without alphas merges at scale 1. The
         # authors' own merge applies 1/8 (alpha 8 over rank 64, as in the SD1.5 LCM-LoRA).
         logger.warning("LCM LoRA %s has no alpha values; it is merged at alpha = rank (scale 1)", lora_path)
     merged = merge_lora({"unet": motion_unet}, lora_path, weight)
     if not merged:
-        raise ValueError(f"the LCM LoRA {lora_path} matched no layer of the motion UNet (is it a SD1.5 LoRA?)")
+        raise ModelError(f"the LCM LoRA {lora_path} matched no layer of the motion UNet (is it a SD1.5 LoRA?)")
     return merged

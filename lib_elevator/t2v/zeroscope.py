@@ -10,16 +10,16 @@ space; both families share SD's kl-f8 VAE, so it is optional.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 
 import torch
 
+from lib_elevator.errors import ModelError
 from lib_elevator.latent_space import SD1_LATENTS, LatentSpace
 from lib_elevator.schedule import alphas_from_config
 from lib_elevator.t2v.base import PromptPair, T2VBackend, modules_on
-from lib_elevator.t2v.registry import diffusers_weights_kwargs, load_clip_text_encoder
+from lib_elevator.weights import folder_weights_kwargs, read_json, read_state_dict, variant_file
 
 
 class ZeroScopeBackend(T2VBackend):
@@ -65,7 +65,7 @@ class ZeroScopeBackend(T2VBackend):
             folder,
             subfolder="unet",
             torch_dtype=dtype,
-            **diffusers_weights_kwargs(os.path.join(folder, "unet"), allow_pickle),
+            **folder_weights_kwargs(os.path.join(folder, "unet"), allow_pickle),
         )
         text_encoder = load_clip_text_encoder(os.path.join(folder, "text_encoder"), dtype, allow_pickle)
         # The folder's own tokenizer files decide the pad token ("!" for OpenCLIP-based models).
@@ -74,10 +74,9 @@ class ZeroScopeBackend(T2VBackend):
         vae_dir = os.path.join(folder, "vae")
         if os.path.isfile(os.path.join(vae_dir, "config.json")):
             vae = AutoencoderKL.from_pretrained(
-                folder, subfolder="vae", torch_dtype=dtype, **diffusers_weights_kwargs(vae_dir, allow_pickle)
+                folder, subfolder="vae", torch_dtype=dtype, **folder_weights_kwargs(vae_dir, allow_pickle)
             )
-        with open(os.path.join(folder, "scheduler", "scheduler_config.json"), encoding="utf-8") as f:
-            scheduler_config = json.load(f)
+        scheduler_config = read_json(os.path.join(folder, "scheduler", "scheduler_config.json"))
         backend = cls(unet, text_encoder, tokenizer, scheduler_config, vae, name=os.path.basename(folder))
         backend.to(device, dtype)
         if forward_chunk_size:
@@ -126,7 +125,7 @@ class ZeroScopeBackend(T2VBackend):
         is the frame count in temporal layers and h*w in spatial ones; with dim=0 it is the batch
         times those. Either way they must divide evenly (checked on every call)."""
         if dim not in (0, 1) or chunk_size < 1:
-            raise ValueError(
+            raise ModelError(
                 f"forward chunking needs dim 0 or 1 and chunk_size >= 1; got dim={dim}, chunk_size={chunk_size}"
             )
         self.unet.enable_forward_chunking(chunk_size=chunk_size, dim=dim)
@@ -154,7 +153,7 @@ class ZeroScopeBackend(T2VBackend):
             )
         bad = [n for n in lengths if n % self.chunk_size]
         if bad:
-            raise ValueError(
+            raise ModelError(
                 f"feed-forward chunking of {self.chunk_size} along dim {self.chunk_dim} needs {what} "
                 f"({', '.join(map(str, lengths))}) to be multiples of {self.chunk_size}; change the frame count or "
                 "size, lower the chunk size, or turn chunking off"
@@ -164,7 +163,7 @@ class ZeroScopeBackend(T2VBackend):
 def check_zeroscope_folder(folder: str) -> None:
     """Raise a clear error when `folder` is not a usable diffusers text-to-video folder."""
     if not os.path.isdir(folder):
-        raise FileNotFoundError(f"T2V model folder {folder} does not exist")
+        raise ModelError(f"T2V model folder {folder} does not exist")
     missing = [
         part
         for part in (
@@ -178,13 +177,30 @@ def check_zeroscope_folder(folder: str) -> None:
         if not os.path.isfile(os.path.join(folder, part))
     ]
     if missing:
-        raise FileNotFoundError(
-            f"{folder} is not a complete diffusers text-to-video folder: missing {', '.join(missing)}"
-        )
-    with open(os.path.join(folder, "unet", "config.json"), encoding="utf-8") as f:
-        unet_class = json.load(f).get("_class_name")
+        raise ModelError(f"{folder} is not a complete diffusers text-to-video folder: missing {', '.join(missing)}")
+    unet_class = read_json(os.path.join(folder, "unet", "config.json")).get("_class_name")
     if unet_class != "UNet3DConditionModel":
-        raise ValueError(
+        raise ModelError(
             f"{folder} is not a ZeroScope/ModelScope text-to-video folder: its unet/ is a {unet_class}, "
             "not a UNet3DConditionModel"
         )
+
+
+def load_clip_text_encoder(folder: str, dtype: torch.dtype = torch.float32, allow_pickle: bool = False):
+    """A transformers CLIPTextModel from a diffusers text_encoder/ folder. A pickled
+    pytorch_model.bin is read with the restricted loader and handed over as a state dict, whatever
+    transformers' own default is."""
+    from transformers import CLIPTextModel
+
+    found = variant_file(folder, "model", allow_pickle=False) or variant_file(folder, "pytorch_model", allow_pickle)
+    if found is None:
+        raise ModelError(f"{folder} has no text-encoder weights (model.safetensors)")
+    name, variant, safe = found
+    if safe:
+        return CLIPTextModel.from_pretrained(
+            folder, local_files_only=True, use_safetensors=True, variant=variant, torch_dtype=dtype
+        ).eval()
+    state = read_state_dict(os.path.join(folder, name), allow_pickle)
+    return CLIPTextModel.from_pretrained(
+        folder, local_files_only=True, variant=variant, state_dict=state, torch_dtype=dtype
+    ).eval()

@@ -1,0 +1,188 @@
+"""Reading weights files: the one place that opens them, for the T2I loaders, LoRA and every T2V backend.
+
+- `read_state_dict(path)`: the tensors of a .safetensors file, or of a pickled .ckpt/.pt/.pth/.bin
+  when the caller opts in (`allow_pickle`); pickles are then read with torch's restricted
+  weights-only unpickler, never a full one.
+- `tensor_names(path)`: the tensor names without loading the tensors (the safetensors header, or
+  the strings of a torch zip pickle read opcode by opcode: nothing is executed).
+- `unwrap_state_dict(obj)`: the weights inside the containers training code saves them in
+  ({"state_dict": ...}, {"ema": ...}, {"module": ...}).
+- `variant_file(folder, stem)` / `folder_weights_kwargs(folder)`: which file of a diffusers or
+  transformers model folder holds the weights (the plain one before an .fp16 variant, safetensors
+  before a pickled .bin).
+Every failure is a `ModelError` naming the file.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import pickletools
+import zipfile
+
+import torch
+
+from lib_elevator.errors import ModelError
+
+SAFE_EXTENSIONS = (".safetensors",)
+PICKLE_EXTENSIONS = (".ckpt", ".pt", ".pth", ".bin")
+WEIGHT_EXTENSIONS = SAFE_EXTENSIONS + PICKLE_EXTENSIONS
+# Containers training code nests weights in, tried in this order.
+CONTAINER_KEYS = ("state_dict", "ema", "module")
+
+
+class PickleRefusedError(ModelError):
+    """A pickled weights file was met without the caller's opt-in."""
+
+
+def pickle_refused(path: str) -> PickleRefusedError:
+    return PickleRefusedError(
+        f"{path} holds pickled weights, and unpickling can run code. Convert it to .safetensors, or opt in to "
+        "pickled weights (allow_pickle=True / --allow-pickle; they are then read with torch's restricted "
+        "weights-only loader)"
+    )
+
+
+def is_pickle(path: str) -> bool:
+    return os.path.splitext(path)[1].lower() in PICKLE_EXTENSIONS
+
+
+def read_state_dict(path: str, allow_pickle: bool = False) -> dict:
+    """The top-level object of a weights file (a dict of tensors, or a container of one)."""
+    if not os.path.isfile(path):
+        raise ModelError(f"weights file {path} does not exist")
+    extension = os.path.splitext(path)[1].lower()
+    if extension in SAFE_EXTENSIONS:
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(path)
+        except Exception as error:  # safetensors raises its own error types for damaged headers
+            raise ModelError(f"{path} is not a readable safetensors file: {error}") from None
+    if extension in PICKLE_EXTENSIONS:
+        if not allow_pickle:
+            raise pickle_refused(path)
+        try:
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:
+            raise ModelError(f"{path} could not be read by the restricted (weights-only) loader: {error}") from None
+        if not isinstance(loaded, dict):
+            raise ModelError(f"{path} does not hold a state dict (found a {type(loaded).__name__})")
+        return loaded
+    raise ModelError(
+        f"{path}: unsupported weights file type {extension or '(none)'!r} (expected {', '.join(WEIGHT_EXTENSIONS)})"
+    )
+
+
+def unwrap_state_dict(loaded: dict) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint, out of the container they were saved in; "module." and
+    "_forward_module." prefixes of wrapped training modules are removed."""
+    for key in CONTAINER_KEYS:
+        if isinstance(loaded.get(key), dict):
+            loaded = loaded[key]
+            break
+    out = {}
+    for key, value in loaded.items():
+        if isinstance(value, torch.Tensor):
+            out[key.removeprefix("_forward_module.").removeprefix("module.")] = value
+    return out
+
+
+def as_float32(tensors: dict) -> dict[str, torch.Tensor]:
+    """Floating tensors as float32 (merges and conversions run there; the final dtype comes last)."""
+    return {k: v.float() if v.is_floating_point() else v for k, v in tensors.items() if isinstance(v, torch.Tensor)}
+
+
+def tensor_names(path: str) -> list[str] | None:
+    """Tensor names in a weights file without loading tensors. None when a pickled file is not in
+    torch's zip format (its names cannot be read safely)."""
+    if path.lower().endswith(".safetensors"):
+        from safetensors import safe_open
+
+        try:
+            with safe_open(path, framework="pt") as f:
+                return list(f.keys())
+        except Exception as error:
+            raise ModelError(f"{path} is not a readable safetensors file: {error}") from None
+    if not zipfile.is_zipfile(path):
+        return None
+    with zipfile.ZipFile(path) as archive:
+        pickled = next((n for n in archive.namelist() if n == "data.pkl" or n.endswith("/data.pkl")), None)
+        if pickled is None:
+            return None
+        data = archive.read(pickled)
+    try:
+        return [arg for _, arg, _ in pickletools.genops(data) if isinstance(arg, str)]
+    except Exception:
+        return None
+
+
+# ---------------------------------------------------------------------------------- model folders
+
+
+def variant_file(folder: str, stem: str, allow_pickle: bool = False) -> tuple[str, str | None, bool] | None:
+    """(file name, variant, is safetensors) of the weights of a model folder, or None when it has
+    none: `<stem>.safetensors` before `<stem>.fp16.safetensors`, then the pickled `.bin` forms (which
+    need the opt-in). A sharded file counts by its index."""
+    files = set(os.listdir(folder)) if os.path.isdir(folder) else set()
+    for extension, safe in ((".safetensors", True), (".bin", False)):
+        for variant in (None, "fp16"):
+            name = stem + (f".{variant}" if variant else "") + extension
+            if name in files or f"{name}.index.json" in files:
+                if not safe and not allow_pickle:
+                    raise pickle_refused(os.path.join(folder, name))
+                return name, variant, safe
+    return None
+
+
+def folder_weights_kwargs(folder: str, allow_pickle: bool = False, stem: str = "diffusion_pytorch_model") -> dict:
+    """from_pretrained arguments for a diffusers model folder."""
+    found = variant_file(folder, stem, allow_pickle)
+    if found is None:
+        raise ModelError(f"{folder} has no model weights ({stem}.safetensors)")
+    _, variant, safe = found
+    kwargs = {"use_safetensors": safe, "variant": variant, "local_files_only": True}
+    if importlib.util.find_spec("accelerate") is None:
+        kwargs["low_cpu_mem_usage"] = False  # what diffusers falls back to anyway, minus its warning
+    return kwargs
+
+
+def read_folder_weights(subfolder: str, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """All tensors of a diffusers/transformers model subfolder, as float32: one safetensors file
+    (the plain one before a variant such as .fp16), a sharded one with its index, or with
+    `allow_pickle` a .bin file."""
+    files = sorted(os.listdir(subfolder)) if os.path.isdir(subfolder) else []
+    paths = _weight_paths(subfolder, files, ".safetensors")
+    if not paths:
+        paths = _weight_paths(subfolder, files, ".bin")
+        if paths and not allow_pickle:
+            raise pickle_refused(paths[0])
+    if not paths:
+        raise ModelError(f"{subfolder} holds no model weights (.safetensors)")
+    tensors = {}
+    for path in paths:
+        tensors.update(read_state_dict(path, allow_pickle))
+    return as_float32(tensors)
+
+
+def _weight_paths(subfolder: str, files: list[str], extension: str) -> list[str]:
+    indexes = [f for f in files if f.endswith(extension + ".index.json")]
+    if indexes:
+        with open(os.path.join(subfolder, min(indexes, key=len)), encoding="utf-8") as f:
+            shards = sorted(set(json.load(f)["weight_map"].values()))
+        return [os.path.join(subfolder, s) for s in shards]
+    singles = [f for f in files if f.endswith(extension)]
+    return [os.path.join(subfolder, min(singles, key=len))] if singles else []  # shortest: no variant
+
+
+def read_json(path: str) -> dict:
+    """A JSON object from a config file; a ModelError naming the file when it is not one."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError) as error:
+        raise ModelError(f"{path} is not readable JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise ModelError(f"{path} does not hold a JSON object")
+    return data
