@@ -59,7 +59,9 @@ def plan_refinement(settings: Settings, schedule: SigmaSchedule, t2i_alphas_cump
     check that every refine point leaves room for the T2V steps. Raises SettingsError naming the
     field at fault."""
     try:
-        refine_at = refine_indices(settings.refine_points, schedule.sigmas, t2i_alphas_cumprod)
+        refine_at = refine_indices(
+            settings.refine_points, schedule.sigmas, t2i_alphas_cumprod, schedule.reference_steps
+        )
     except ValueError as e:
         raise SettingsError("refine_points", str(e)) from None
     train_steps = len(t2v_alphas_cumprod)

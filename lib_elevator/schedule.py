@@ -49,10 +49,6 @@ def sigma_of_alpha(alpha_bar) -> torch.Tensor:
     return ((1.0 - alpha_bar) / alpha_bar).sqrt()
 
 
-def alpha_of_sigma(sigma: float) -> float:
-    return 1.0 / (1.0 + sigma * sigma)
-
-
 def timestep_of_sigma(table: torch.Tensor, sigma: float) -> float:
     """Fractional training timestep with noise level `sigma`, interpolating log-sigma linearly
     (as k-diffusion's DiscreteSchedule.sigma_to_t). Within 1e-3 of an integer it is rounded, so
@@ -114,14 +110,21 @@ class SigmaSchedule:
 
     `clean_sigma` is the level a clean latent counts as when it is inverted: 0, or abar_0's sigma
     for schedulers configured with set_alpha_to_one=False (SD's DDIM config, the authors' choice).
+    `requested_steps` is the step count the user asked for, which names the refine points. It can
+    differ from the updates the sampler makes: the WebUI's DDIM with 50 steps makes 49.
     """
 
     sigmas: tuple[float, ...]
     clean_sigma: float = 0.0
+    requested_steps: int | None = None
 
     @property
     def steps(self) -> int:
         return len(self.sigmas) - 1
+
+    @property
+    def reference_steps(self) -> int:
+        return self.requested_steps or self.steps
 
 
 def ddim_schedule(
@@ -143,7 +146,7 @@ def ddim_schedule(
     clean = 0.0 if set_alpha_to_one else sigma_of_alpha(table[0]).item()
     if final_step:
         sigmas.append(clean)
-    return SigmaSchedule(tuple(sigmas), clean_sigma=clean if final_step else 0.0)
+    return SigmaSchedule(tuple(sigmas), clean_sigma=clean if final_step else 0.0, requested_steps=steps)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -203,26 +206,29 @@ def parse_refine_points(value) -> tuple[RefinePoint, ...]:
     return tuple(points)
 
 
-def refine_indices(points, sigmas, table: torch.Tensor) -> tuple[int, ...]:
-    """Sorted step indices to refine at, for a sampler with noise levels `sigmas` (S steps, S + 1
-    levels) whose model has the abar `table`.
+def refine_indices(points, sigmas, table: torch.Tensor, steps: int | None = None) -> tuple[int, ...]:
+    """Sorted step indices to refine at, for a sampler with noise levels `sigmas` whose model has
+    the abar `table`; `steps` is the step count the user asked for (default: len(sigmas) - 1).
 
-    A point names a step of a DDIM schedule of S steps (the paper's setting): "10%" is step
-    round(0.1 S), "45" is step S - 45. On the sampler's own schedule the refine happens at the step
-    whose noise level is nearest to that DDIM step's, so Karras or exponential schedules, which spend
-    most steps at low noise, refine at the same noise levels as DDIM. On DDIM schedules the two agree.
-    A refine at step i uses the prediction at sigma_i and hands the sampler a latent at sigma_{i+1},
-    so i <= S - 2.
+    A point names a step of a DDIM schedule of `steps` steps (the paper's setting): "10%" is step
+    round(0.1 S), "45" is step S - 45, so both notations name the same step. On the sampler's own
+    schedule the refine happens at the step whose noise level is nearest to that DDIM step's, so
+    Karras or exponential schedules, which spend most steps at low noise, refine at the same noise
+    levels as DDIM, and the WebUI's DDIM (50 steps = 49 updates from t = 981) refines where
+    diffusers' DDIM does. A refine at index i uses the prediction at sigma_i and hands the sampler a
+    latent at sigma_{i+1}, so i <= len(sigmas) - 3.
     """
     if isinstance(points, str) or (points and not isinstance(points[0], RefinePoint)):
         points = parse_refine_points(points)
-    steps = len(sigmas) - 1
+    updates = len(sigmas) - 1
+    steps = steps or updates
+    # The reference is the step count the user asked for, never the updates a sampler makes.
     reference = ddim_timesteps(steps, len(table)) if steps >= 1 else []
-    log_sigmas = [math.log(s) if s > 0 else -math.inf for s in sigmas[: max(steps - 1, 0)]]
+    log_sigmas = [math.log(s) if s > 0 else -math.inf for s in sigmas[: max(updates - 1, 0)]]
     indices = set()
     for point in points:
         k = point.index(steps)
-        if not 0 <= k <= steps - 2:
+        if not 0 <= k <= steps - 2 or not log_sigmas:
             raise ValueError(
                 f"refine point {point} falls on step {k} of a {steps}-step schedule; it must be between "
                 f"step 0 and step {steps - 2} (a refine needs one more step after it)"

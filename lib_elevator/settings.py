@@ -13,12 +13,16 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from lib_elevator.cross_frame import ANCHORS
+from lib_elevator.errors import SettingsError
 from lib_elevator.filters import FILTER_METHODS, FilterSpec
 from lib_elevator.schedule import parse_refine_points
 
 FORMATS = ("MP4", "GIF", "WEBP", "PNG")
 INVERSION_PROMPTS = ("empty", "negative")
 PROJECTION_MODES = ("auto", "always", "never")
+# "authors": switch on every documented difference from the authors' code that changes the output
+# (docs/algorithm.md lists them), to reproduce their results; "none": this project's choices.
+COMPAT_MODES = ("none", "authors")
 MAX_FRAMES = 128
 
 PRESETS: dict[str, dict] = {
@@ -44,14 +48,6 @@ PRESETS: dict[str, dict] = {
 PRESET_STEPS = {"ZeroScope-like": 50, "AnimateLCM-like": 30}  # T2I steps the presets were tuned for
 
 
-class SettingsError(ValueError):
-    """A bad setting; `field` names it (the API reports it with a 4xx)."""
-
-    def __init__(self, field_name: str, message: str):
-        super().__init__(f"{field_name}: {message}")
-        self.field = field_name
-
-
 @dataclass(frozen=True)
 class Settings:
     frames: int = 16
@@ -70,6 +66,7 @@ class Settings:
     t2v_negative_prompt: str = ""  # empty: the main negative prompt
     t2v_grid_steps: int = 50  # T2V steps are 1000 / 50 = 20 timesteps apart, as in the paper
     latent_projection: str = "auto"
+    compat: str = "none"
     fps: int = 8
     formats: tuple[str, ...] = field(default=("MP4",))
 
@@ -137,6 +134,11 @@ class Settings:
             self.latent_projection in PROJECTION_MODES,
             "latent_projection",
             f"must be one of {', '.join(PROJECTION_MODES)}; got {self.latent_projection!r}",
+        )
+        need(
+            self.compat in COMPAT_MODES,
+            "compat",
+            f"must be one of {', '.join(COMPAT_MODES)}; got {self.compat!r}",
         )
         need(isinstance(self.fps, int) and 1 <= self.fps <= 60, "fps", f"must be between 1 and 60; got {self.fps!r}")
         need(

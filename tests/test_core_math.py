@@ -204,6 +204,28 @@ def test_refine_points_in_both_notations_agree_with_the_paper():
     assert parse_refine_points("45") == (RefinePoint(remaining=45),)
 
 
+def test_both_notations_name_the_same_steps_on_the_webui_ddim_at_every_step_count():
+    """The WebUI's DDIM with S steps makes S - 1 updates when S divides 1000 (50 -> 49); the refine
+    points must still name steps of an S-step DDIM schedule: at 50 steps "10%,30%,50%,70%" and
+    "45,35,25,15" both refine at t = 881, 681, 481, 281, as the standalone does."""
+    table = alphas_cumprod()
+    webui50 = ddim_schedule(table, 50, final_step=False)
+    for points in ("10%,30%,50%,70%", "45,35,25,15"):
+        indices = refine_indices(points, webui50.sigmas, table, webui50.reference_steps)
+        assert [nearest_timestep(table, webui50.sigmas[i]) for i in indices] == [881, 681, 481, 281]
+    for steps in range(4, 101):
+        paper = ddim_schedule(table, steps)
+        for schedule in (paper, ddim_schedule(table, steps, final_step=False)):
+            for k in range(0, steps - 1):
+                by_fraction = refine_indices([RefinePoint(fraction=k / steps)], schedule.sigmas, table, steps)
+                by_remaining = refine_indices([RefinePoint(remaining=steps - k)], schedule.sigmas, table, steps)
+                assert by_fraction == by_remaining, (steps, k)
+                if schedule is paper or 1000 % steps == 0:  # same timesteps as the paper's schedule
+                    [index] = by_fraction
+                    t = nearest_timestep(table, schedule.sigmas[index])
+                    assert t == ddim_timesteps(steps)[min(k, len(schedule.sigmas) - 3)], (steps, k)
+
+
 def karras_sigmas(steps, sigma_min=0.0292, sigma_max=14.6146, rho=7.0):
     lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
     return tuple((hi + k / (steps - 1) * (lo - hi)) ** rho for k in range(steps)) + (0.0,)
