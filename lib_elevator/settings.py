@@ -79,7 +79,9 @@ class Settings:
         return self.replace(**PRESETS[name])
 
     def filter_spec(self) -> FilterSpec:
-        return FilterSpec(self.filter_method, float(self.filter_spatial), float(self.filter_temporal))
+        convention = "authors" if self.compat == "authors" else "exact"
+        return FilterSpec(self.filter_method, float(self.filter_spatial), float(self.filter_temporal),
+                          convention=convention)
 
     def validate(self) -> Settings:
         """Check every field on its own (schedule-dependent checks happen when a job is planned)."""

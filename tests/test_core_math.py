@@ -59,35 +59,81 @@ def test_noise_is_reproducible_per_seed_and_drawn_base_first():
 
 
 def reference_mask(spec: FilterSpec, t_len: int, h_len: int, w_len: int) -> torch.Tensor:
-    """Per-element construction straight from the published formula (slow, for comparison)."""
+    """Per-element construction straight from the published formulas (slow, for comparison):
+    the authors' grid 2k/n - 1 and their ideal radius d^2 <= 2 d_s for convention "authors", the
+    exact grid (DC at 0 on odd axes too) and r <= 1 otherwise."""
     d_s, d_t = spec.spatial, spec.temporal
+
+    def freq(k, n):
+        if spec.convention == "authors":
+            return 2 * k / n - 1
+        return 2 * (k - n // 2) / n  # fftshift(fftfreq(n)) * 2
+
     mask = torch.zeros(t_len, h_len, w_len, dtype=torch.float64)
     for t in range(t_len):
         for h in range(h_len):
             for w in range(w_len):
-                d2 = ((d_s / d_t) * (2 * t / t_len - 1)) ** 2 + (2 * h / h_len - 1) ** 2 + (2 * w / w_len - 1) ** 2
+                d2 = ((d_s / d_t) * freq(t, t_len)) ** 2 + freq(h, h_len) ** 2 + freq(w, w_len) ** 2
                 if spec.method == "gaussian":
                     mask[t, h, w] = math.exp(-1 / (2 * d_s**2) * d2)
                 elif spec.method == "butterworth":
                     mask[t, h, w] = 1 / (1 + (d2 / d_s**2) ** spec.order)
                 elif spec.method == "ideal":
-                    mask[t, h, w] = 1.0 if d2 <= d_s**2 else 0.0
+                    keep = d2 <= 2 * d_s if spec.convention == "authors" else d2 <= d_s**2
+                    mask[t, h, w] = 1.0 if keep else 0.0
     return mask
 
 
+@pytest.mark.parametrize("convention", ["exact", "authors"])
 @pytest.mark.parametrize("method", ["gaussian", "butterworth", "ideal"])
 @pytest.mark.parametrize("shape", [(16, 8, 8), (7, 6, 10)])
-def test_mask_equals_per_element_reference(method, shape):
-    spec = FilterSpec(method, spatial=0.8, temporal=0.35)
+def test_mask_equals_per_element_reference(method, shape, convention):
+    spec = FilterSpec(method, spatial=0.8, temporal=0.35, convention=convention)
     assert torch.allclose(lowpass_mask(spec, *shape), reference_mask(spec, *shape), atol=1e-12)
 
 
-def test_box_mask_keeps_the_central_block():
+def test_box_mask_is_symmetric_around_dc():
     mask = lowpass_mask(FilterSpec("box", spatial=0.5, temporal=0.5), 8, 8, 8)
-    # half-widths round(4 * 0.5) = 2 around centre 4 -> indices 2, 3, 4, 5
+    # half-widths round(4 * 0.5) = 2 on each side of DC at index 4 -> indices 2..6
     expected = torch.zeros(8, 8, 8, dtype=torch.float64)
-    expected[2:6, 2:6, 2:6] = 1
+    expected[2:7, 2:7, 2:7] = 1
     assert torch.equal(mask, expected)
+    # The authors' box is one bin short on the positive side: [c - h, c + h).
+    authors = lowpass_mask(FilterSpec("box", spatial=0.5, temporal=0.5, convention="authors"), 8, 8, 8)
+    expected[6, :, :] = expected[:, 6, :] = expected[:, :, 6] = 0
+    assert torch.equal(authors, expected)
+
+
+@pytest.mark.parametrize("method", ["gaussian", "butterworth", "ideal", "box"])
+@pytest.mark.parametrize(
+    "frames, size, spatial, temporal",
+    [(2, 8, 1.0, 0.4), (3, 8, 1.0, 0.4), (16, 8, 1.0, 0.05), (16, 2, 0.05, 0.4), (15, 7, 0.3, 0.4), (1, 8, 1.0, 0.4)],
+)
+def test_the_mean_of_a_video_always_passes(method, frames, size, spatial, temporal):
+    """DC is kept at 1 by every mask at every size and cut-off (the box filter used to round its
+    half-width to 0 for 2-3 frames at d_t = 0.4, or 16 frames at d_t = 0.05, and erase the video;
+    on odd axes the old grid missed DC and damped the mean)."""
+    spec = FilterSpec(method, spatial=spatial, temporal=temporal)
+    mask = lowpass_mask(spec, frames, size, size)
+    assert mask[frames // 2, size // 2, size // 2] == 1.0
+    # the window is symmetric around DC
+    dc = (frames // 2, size // 2, size // 2)
+    for axis, n in enumerate((frames, size, size)):
+        for j in range(1, (n - 1) // 2 + 1):
+            plus, minus = list(dc), list(dc)
+            plus[axis] += j
+            minus[axis] -= j
+            assert mask[tuple(plus)] == mask[tuple(minus)]
+    constant = torch.full((frames, 4, size, size), 0.7)
+    assert torch.allclose(temporal_lowpass(constant, spec), constant, atol=1e-6)
+
+
+def test_an_empty_authors_box_is_refused_with_a_message():
+    from lib_elevator.errors import SettingsError
+
+    spec = FilterSpec("box", spatial=1.0, temporal=0.4, convention="authors")
+    with pytest.raises(SettingsError, match="keeps no frequency of a 2-frame"):
+        temporal_lowpass(torch.ones(2, 4, 8, 8), spec)
 
 
 def test_filter_applies_the_direct_fft_computation():
