@@ -1,16 +1,27 @@
-"""The adapter's arguments (lib_elevator/webui/args.py): the positional list in UI order, the single
-dict of named settings, coercion, refusal with the field named, `is_enabled`, and the infotext value.
+"""The adapter's arguments (lib_elevator/webui/args.py): the table of controls and what comes from
+it (the positional list in UI order, the single dict of named settings, coercion by kind, refusal
+with the field named, `is_enabled`, the infotext value).
 
 args.py is pure (no host modules), so these tests need no stand-in."""
 
 import json
+import math
+import os
+import re
 
 import pytest
 
-from lib_elevator.settings import PRESETS, Settings, SettingsError
+from lib_elevator.settings import COMPAT_MODES, PRESETS, Settings, SettingsError
 from lib_elevator.webui import args
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT = Settings()
+# The positional order API clients rely on (README, API section): new settings are only appended.
+POSITIONAL = (
+    "enable", "t2v_model", "frames", "preset", "refine_points", "t2v_steps", "t2v_guidance", "noise_mix",
+    "filter_method", "filter_spatial", "filter_temporal", "anchor", "inversion_steps", "pnp", "t2v_prompt",
+    "t2v_negative_prompt", "fps", "formats", "inversion_prompt", "compat",
+)  # fmt: skip
 # A value for every argument, none of them its default, in UI order.
 CUSTOM = {
     "enable": True,
@@ -32,19 +43,49 @@ CUSTOM = {
     "fps": 12,
     "formats": ["GIF", "PNG"],
     "inversion_prompt": "negative",
+    "compat": "authors",
 }
 
 
-def test_argument_names_are_the_ui_order_and_cover_every_setting():
-    assert args.ARG_NAMES == tuple(CUSTOM)
-    assert [name for name, _ in args.ARGS] == list(CUSTOM)
-    assert args.DEFAULTS["enable"] is False
+def test_the_positional_order_is_the_documented_one():
+    assert args.ARG_NAMES == POSITIONAL == tuple(CUSTOM)
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    paragraph = readme[readme.index("one object of named settings") : readme.index("Missing names take")]
+    documented = [name for name in re.findall(r"`(\w+)`", paragraph) if name in args.DEFAULTS]
+    assert tuple(documented) == POSITIONAL
+
+
+def test_the_table_is_consistent():
+    assert len(set(args.ARG_NAMES)) == len(args.CONTROLS)
+    assert args.CONTROLS[0].name == "enable" and args.CONTROLS[0].kind == args.ACCORDION
+    assert [c.kind for c in args.CONTROLS].count(args.ACCORDION) == 1
+    for control in args.CONTROLS:
+        assert control.kind in args.KINDS and control.section in args.SECTIONS, control.name
+        assert control.label, control.name  # /sdapi/v1/script-info describes arguments by label
+        assert control.tip or control.kind == args.ACCORDION, control.name
+        if control.kind in (args.INT_SLIDER, args.FLOAT_SLIDER):
+            assert control.minimum <= control.default <= control.maximum and control.step > 0, control.name
+        if control.kind in (args.DROPDOWN, args.RADIO) and not control.host_choices:
+            assert control.default in control.choices, control.name
+        if control.kind == args.CHECKBOX_GROUP:
+            assert set(control.default) <= set(control.choices), control.name
+        if control.name in args.SETTING_NAMES:  # the table's defaults are Settings' defaults
+            expected = getattr(DEFAULT, control.name)
+            assert control.default == (list(expected) if isinstance(expected, tuple) else expected), control.name
+    assert set(args.ARG_NAMES) - set(args.SETTING_NAMES) == {"enable", "t2v_model", "preset"}
+    assert args.DEFAULTS["enable"] is False and args.DEFAULTS["preset"] == args.DEFAULT_PRESET
     assert args.PRESET_FIELDS == tuple(PRESETS[args.DEFAULT_PRESET])
-    for name in args.ARG_NAMES:
-        if name not in ("enable", "t2v_model", "preset"):
-            assert hasattr(DEFAULT, name), name
-            expected = list(DEFAULT.formats) if name == "formats" else getattr(DEFAULT, name)
-            assert args.DEFAULTS[name] == expected, name
+    assert set(args.PRESET_FIELDS) <= set(args.ARG_NAMES)
+    assert args.PASTE_NAMES == tuple(f"VideoElevator {name}" for name in args.ARG_NAMES)
+
+
+@pytest.mark.parametrize("control", args.CONTROLS, ids=lambda c: c.name)
+def test_every_control_parses_from_its_default(control):
+    parsed = args.from_named({control.name: control.default})
+    assert parsed.public()[control.name] == control.default
+    values = [c.default for c in args.CONTROLS]
+    assert args.from_positional(values) == args.from_positional([])
 
 
 def test_full_positional_list_sets_every_field():
@@ -54,7 +95,7 @@ def test_full_positional_list_sets_every_field():
     assert parsed.public() == expected
     s = parsed.settings
     assert (s.frames, s.t2v_steps, s.inversion_steps, s.fps) == (6, 3, 4, 12)
-    assert s.formats == ("GIF", "PNG") and s.anchor == "first_prev" and s.pnp is False
+    assert s.formats == ("GIF", "PNG") and s.anchor == "first_prev" and s.pnp is False and s.compat == "authors"
 
 
 def test_missing_trailing_positions_take_the_defaults_and_extra_ones_are_ignored():
@@ -65,6 +106,19 @@ def test_missing_trailing_positions_take_the_defaults_and_extra_ones_are_ignored
     assert longer == args.from_positional(list(CUSTOM.values()))
     assert args.from_positional([]) == args.from_positional([False])
     assert args.from_positional([]).settings == DEFAULT
+    # a client of the 19 arguments before `compat` existed keeps working, with compat off
+    before_compat = args.from_positional(list(CUSTOM.values())[:-1])
+    assert before_compat.settings == args.from_positional(list(CUSTOM.values())).settings.replace(compat="none")
+
+
+@pytest.mark.parametrize("mode", COMPAT_MODES)
+def test_compat_is_accepted_in_every_form(mode):
+    named = args.from_named({"enable": True, "compat": mode})
+    positional = args.from_positional([*(c.default for c in args.CONTROLS[:-1]), mode])
+    assert named.settings.compat == positional.settings.compat == mode
+    assert args.from_positional([{"compat": f" {mode} "}]).settings.compat == mode
+    assert json.loads(args.to_infotext(named))["compat"] == mode
+    assert args.from_named({}).settings.compat == "none"
 
 
 def test_positional_form_does_not_reapply_the_preset():
@@ -159,6 +213,9 @@ def test_values_are_coerced(name, given, expected):
         ("refine_points", "later"),
         ("refine_points", 10),
         ("inversion_prompt", "positive"),
+        ("compat", "Authors"),
+        ("compat", "full"),
+        ("compat", True),
         ("enable", 1),
         ("enable", "yes"),
         ("pnp", None),
@@ -180,6 +237,37 @@ def test_bad_values_are_refused_naming_the_field(name, value):
     position = args.ARG_NAMES.index(name)
     values = [CUSTOM[n] for n in args.ARG_NAMES]
     values[position] = value
+    with pytest.raises(SettingsError) as positional:
+        args.from_positional(values)
+    assert positional.value.field == name
+
+
+# Values of the wrong type for each kind of control (range and meaning are checked above).
+BAD_BY_KIND = {
+    args.ACCORDION: [1, "yes", None],
+    args.CHECKBOX: [1, "yes", None],
+    args.INT_SLIDER: [2.5, "16", True, None, [16], math.nan],
+    args.FLOAT_SLIDER: ["7.5", False, None, [1.0], math.inf],
+    args.TEXTBOX: [5, ["text"], True],
+    args.DROPDOWN: [5, ["x"], "no such choice"],
+    args.RADIO: [5, None, "no such choice"],
+    args.CHECKBOX_GROUP: ["AVI", "", [], 5, {"MP4": True}, None],
+}
+WRONG_TYPES = [
+    pytest.param(control.name, value, id=f"{control.name}-{value!r}")
+    for control in args.CONTROLS
+    for value in BAD_BY_KIND[control.kind]
+    if not (value == "no such choice" and control.host_choices)  # the host's list is checked when a job runs
+]
+
+
+@pytest.mark.parametrize("name, value", WRONG_TYPES)
+def test_values_of_the_wrong_kind_are_refused_naming_the_field(name, value):
+    with pytest.raises(SettingsError) as named:
+        args.from_named({name: value})
+    assert named.value.field == name
+    values = [CUSTOM[n] for n in args.ARG_NAMES]
+    values[args.ARG_NAMES.index(name)] = value
     with pytest.raises(SettingsError) as positional:
         args.from_positional(values)
     assert positional.value.field == name

@@ -5,10 +5,12 @@ txt2img images (default `outputs/txt2img-videos`, changeable in Settings), named
 file-name pattern and sequence number. They are written even when saving images is off (the API
 default): the video is the product. The frames themselves are saved by the host as usual.
 
-Reporting: UI — a line per video under the generation info, animated GIF/WEBP added to the gallery,
-the MP4 in the extension's video player; API — the response's `images` stay exactly the frames,
-and `info["extra_generation_params"]["videoelevator"]` lists the videos with their paths and
-base64 contents (no second request needed).
+Reporting: `extra_generation_params["videoelevator"]` lists the videos with their paths (the
+host's Processed JSON carries that dict: the API's `info`, the UI's hidden generation-info box).
+UI — a line per video under the generation info, animated GIF/WEBP added to the gallery, the
+request's first MP4 in the extension's video player (ui.video_of reads it from that request's
+generation info); API — the response's `images` stay exactly the frames, and each video entry
+also carries its base64 contents (no second request needed).
 """
 
 from __future__ import annotations
@@ -23,7 +25,10 @@ from lib_elevator.video_io import WrittenVideo, write_video
 
 INFO_KEY = "videoelevator"
 MAX_NAME = 120
-last_video: dict[str, str | None] = {"mp4": None}  # the UI's player shows the latest MP4
+MAX_REMEMBERED = 10_000
+# The MP4s this server wrote (absolute paths), oldest first: the only files the UI's player may show.
+# It is not "the last video": each browser's player shows the one named in its own request's info.
+_written_mp4s: dict[str, None] = {}
 
 
 def video_folder(p) -> str:
@@ -53,8 +58,15 @@ def write_batch(p, settings, frames, batch_number: int) -> WrittenVideo:
     os.makedirs(folder, exist_ok=True)
     written = write_video(frames, os.path.join(folder, video_base_name(p, folder)), settings.formats, settings.fps)
     if "MP4" in written.paths:
-        last_video["mp4"] = written.paths["MP4"]
+        _written_mp4s[os.path.abspath(written.paths["MP4"])] = None
+        while len(_written_mp4s) > MAX_REMEMBERED:
+            del _written_mp4s[next(iter(_written_mp4s))]
     return written
+
+
+def is_written_mp4(path: str) -> bool:
+    """Whether this server wrote the MP4 at `path` (the paths that `report` lists are absolute)."""
+    return os.path.abspath(path) in _written_mp4s
 
 
 def report(p, processed, videos: list[WrittenVideo]) -> None:
