@@ -72,6 +72,8 @@ class Family:
 
 FAMILIES = [
     Family("euler", samplers.sample_euler, KDIFFUSION),
+    # churn: the split run equals the unsplit one only if each slice gets its share of s_churn
+    Family("euler_churn", samplers.sample_euler, KDIFFUSION, {"s_churn": 2.0}),
     Family("euler_ancestral", samplers.sample_euler_ancestral, KDIFFUSION, {"eta": 1.0}),
     Family("ddim", samplers.ddim, TIMESTEPS),
     Family("ddim_eta", samplers.ddim, TIMESTEPS, {"eta": 0.5}),
@@ -171,11 +173,15 @@ def test_segments_denoised_and_continuation_latents_are_exact(family):
     out = family.run(segmented(spy, hooks, TABLE), x, callback=recording_callback(seen))
 
     # segment boundaries: steps 0-2, 3-5, 6-7; everything else is passed through to each segment
-    for call, expected in zip(spy.calls, [family.slice(0, 3), family.slice(3, 6), family.slice(6, STEPS)]):
+    for call, (start, stop) in zip(spy.calls, [(0, 3), (3, 6), (6, STEPS)]):
+        expected = family.slice(start, stop)
         (key,) = expected
         assert torch.equal(call["schedule"][key], expected[key])
         assert call["kwargs"]["extra_args"] == {"cond": "c"}
-        assert {k: call["kwargs"][k] for k in family.extra} == family.extra
+        extra = dict(family.extra)
+        if "s_churn" in extra:  # each slice gets its share, so every step keeps the unsplit gamma
+            extra["s_churn"] = family.extra["s_churn"] * (stop - start) / STEPS
+        assert {k: call["kwargs"][k] for k in family.extra} == extra
     # continuation latents: the input, then the trajectory's latent at sigma_{i+1} in the sampler's form
     assert spy.calls[0]["x"] is x
     assert torch.equal(spy.calls[1]["x"], family.from_k(injected[2], 3))

@@ -10,7 +10,8 @@ signature the host inspects) with a wrapper that runs the original on slices of 
 
 Samplers without state between steps (Euler, Euler a, Heun, DPM2, DPM++ 2S a, DPM++ SDE, LCM,
 DDIM, DDIM CFG++) give exactly the unsplit result when nothing is replaced; their noise keeps
-flowing from the same generators. Multistep samplers (DPM++ 2M/3M, LMS, PLMS) restart their
+flowing from the same generators. Sigma churn (Settings > Sampler parameters) is scaled to each
+slice, since k-diffusion derives its per-step churn from the length of the schedule it is given. Multistep samplers (DPM++ 2M/3M, LMS, PLMS) restart their
 history at a segment boundary, which is right after a replaced latent and costs a little accuracy
 on the PnP one-step segments. Second-order samplers spend their second evaluation of a refine
 step on a latent that the refine replaces.
@@ -116,10 +117,16 @@ def segmented(func: Callable, hooks: RefineHooks, alphas_cumprod: torch.Tensor, 
         if on_run is not None:
             on_run(schedule, plan)
         base_kwargs = {k: v for k, v in kwargs.items() if k not in ("sigmas", "timesteps")}
+        churn = float(kwargs.get("s_churn") or 0.0)
         denoised_at: dict[int, torch.Tensor] = {}
 
         def segment(x_host, start: int, stop: int):
             """Host steps start..stop-1; returns the host-form latent at position `stop`."""
+            slice_kwargs = dict(base_kwargs, **schedule.slice_kwargs(start, stop))
+            if churn:
+                # k-diffusion's Euler/Heun/DPM2 raise sigma by gamma = min(s_churn / (len(sigmas) - 1),
+                # sqrt(2) - 1): scaled to the slice, every step keeps the gamma of the unsplit run.
+                slice_kwargs["s_churn"] = churn * (stop - start) / schedule.steps
 
             def step_callback(d):
                 index = start + d["i"]
@@ -129,7 +136,7 @@ def segmented(func: Callable, hooks: RefineHooks, alphas_cumprod: torch.Tensor, 
                 hooks.host_step(index)
 
             return func(model, x_host, *args, callback=step_callback, extra_args=extra_args, disable=True,
-                        **base_kwargs, **schedule.slice_kwargs(start, stop))
+                        **slice_kwargs)
 
         position, x_host = 0, x
         refine_at = list(plan.refine_at)

@@ -83,15 +83,23 @@ class TimestepsModel:
 
 
 @torch.no_grad()
-def sample_euler(model, x, sigmas, extra_args=None, callback=None, disable=None):
+def sample_euler(
+    model, x, sigmas, extra_args=None, callback=None, disable=None, s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"),
+    s_noise=1.0,
+):
+    """k-diffusion's Euler, churn included: gamma depends on the length of the schedule it is given."""
     extra_args = extra_args or {}
     ones = x.new_ones([x.shape[0]])
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        denoised = model(x, sigma * ones, **extra_args)
+        gamma = min(s_churn / (len(sigmas) - 1), 2**0.5 - 1) if s_tmin <= sigma <= s_tmax else 0.0
+        sigma_hat = sigma * (gamma + 1)
+        if gamma > 0:
+            x = x + randn_like(x) * s_noise * (sigma_hat**2 - sigma**2) ** 0.5
+        denoised = model(x, sigma_hat * ones, **extra_args)
         if callback is not None:
-            callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": denoised})
-        x = x + (x - denoised) / sigma * (sigma_next - sigma)
+            callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma_hat, "denoised": denoised})
+        x = x + (x - denoised) / sigma_hat * (sigma_next - sigma_hat)
     return x
 
 
