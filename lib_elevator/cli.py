@@ -52,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="LoRA file merged into the T2I model (repeatable)",
     )
     gen.add_argument("--config", help="original .yaml of a single-file T2I checkpoint (default: the .yaml beside it)")
+    gen.add_argument(
+        "--tokenizer",
+        metavar="DIR",
+        help="tokenizer folder (vocab.json + merges.txt) for a T2I checkpoint that carries none "
+        "(default: CLIP's vocabulary from open_clip_torch)",
+    )
     gen.add_argument("--allow-pickle", action="store_true", help="allow .ckpt/.pt weights (restricted unpickler)")
     gen.add_argument("--prompt", default="", help="what the video shows")
     gen.add_argument("--negative-prompt", default="")
@@ -180,7 +186,13 @@ def run_generate(args) -> int:
     started = time.time()
     print(f"loading T2I {args.t2i}", file=sys.stderr)
     t2i = load_t2i(
-        args.t2i, loras=args.lora, device=device, dtype=dtype, config_file=args.config, allow_pickle=args.allow_pickle
+        args.t2i,
+        loras=args.lora,
+        device=device,
+        dtype=dtype,
+        config_file=args.config,
+        tokenizer_dir=args.tokenizer,
+        allow_pickle=args.allow_pickle,
     )
     print(f"loading T2V {args.t2v}", file=sys.stderr)
     base = args.t2v_base or (t2i if t2i.kind == "sd1" else None)

@@ -27,7 +27,7 @@ import torch
 from lib_elevator.errors import ModelError, UserError, as_model_error
 from lib_elevator.lora import merge_lora
 from lib_elevator.t2i import T2IModel
-from lib_elevator.tokenizer import clip_tokenizer
+from lib_elevator.tokenizer import check_vocabulary, clip_tokenizer
 from lib_elevator.weights import (
     PICKLE_EXTENSIONS,
     WEIGHT_EXTENSIONS,
@@ -290,6 +290,8 @@ def load_diffusers_folder(folder: str, tokenizer_dir: str | None = None, allow_p
         config_2 = CLIPTextConfig.from_pretrained(os.path.join(folder, "text_encoder_2"), local_files_only=True)
         encoders.append(folder_text_encoder(folder, "text_encoder_2", config_2, True, allow_pickle))
         tokenizers.append(folder_tokenizer(folder, "tokenizer_2", tokenizer_dir, PAD_TOKEN["open_clip"]))
+    for sub, tokenizer, encoder in zip(("text_encoder", "text_encoder_2"), tokenizers, encoders):
+        check_vocabulary(tokenizer, encoder.config.vocab_size, f"{folder}, {sub}")
     return T2IModel(
         kind=kind,
         unet=unet,
@@ -379,6 +381,7 @@ def load_single_file(
         pad = PAD_TOKEN[spec.family]
         tokenizer_folder = tokenizer_dir or (folder if folder and has_tokenizer_files(folder) else None)
         tokenizers.append(clip_tokenizer(tokenizer_folder, pad_token=pad))
+        check_vocabulary(tokenizers[-1], encoders[-1].config.vocab_size, f"{source}, {spec.what}")
     return T2IModel(
         kind=kind,
         unet=unet,

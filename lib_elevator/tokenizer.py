@@ -1,10 +1,10 @@
 """CLIP tokenizers without a model hub.
 
 A diffusers folder ships its tokenizer (vocab.json + merges.txt). A single-file checkpoint does
-not: SD1/SDXL use the CLIP BPE vocabulary, which also ships inside the open_clip_torch package
-(a WebUI dependency) as bpe_simple_vocab_16e6.txt.gz, and HF's vocab.json/merges.txt are a
-re-encoding of that file. Without open_clip a byte-level vocabulary (no merges) still tokenises
-any text; it is only right for models trained with it, such as the built-in tiny demo models.
+not: SD1/SD2/SDXL use the CLIP BPE vocabulary, which ships inside the open_clip_torch package (a
+WebUI dependency, and in this project's requirements) as bpe_simple_vocab_16e6.txt.gz; HF's
+vocab.json/merges.txt are a re-encoding of that file. Without it, or a tokenizer folder the user
+names, there is no tokenizer: any other vocabulary would condition real weights on wrong token ids.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import importlib.util
 import json
 import os
 import tempfile
+
+from lib_elevator.errors import ModelError
 
 CLIP_VOCAB_SIZE = 49408
 BPE_FILE = "bpe_simple_vocab_16e6.txt.gz"
@@ -54,12 +56,6 @@ def clip_vocab_from_bpe(bpe_path: str) -> tuple[dict[str, int], list[str]]:
     return {t: i for i, t in enumerate(tokens)}, merges
 
 
-def byte_level_vocab() -> tuple[dict[str, int], list[str]]:
-    base = list(bytes_to_unicode().values())
-    tokens = base + [t + "</w>" for t in base] + ["<|startoftext|>", "<|endoftext|>"]
-    return {t: i for i, t in enumerate(tokens)}, []
-
-
 def write_tokenizer_files(folder: str, vocab: dict[str, int], merges: list[str], max_length: int = 77) -> str:
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, "vocab.json"), "w", encoding="utf-8") as f:
@@ -82,13 +78,13 @@ def write_tokenizer_files(folder: str, vocab: dict[str, int], merges: list[str],
 
 def clip_tokenizer(folder: str | None = None, pad_token: str = "<|endoftext|>"):
     """A `transformers.CLIPTokenizer`: from `folder` when given, else CLIP's own vocabulary from
-    open_clip_torch, else the byte-level vocabulary. `pad_token="!"` gives SD2/OpenCLIP padding."""
+    open_clip_torch. `pad_token="!"` gives SD2/OpenCLIP padding."""
     from transformers import CLIPTokenizer
 
     if folder is not None:
         missing = [f for f in ("vocab.json", "merges.txt") if not os.path.exists(os.path.join(folder, f))]
         if missing:
-            raise FileNotFoundError(f"tokenizer folder {folder} lacks {', '.join(missing)}")
+            raise ModelError(f"tokenizer folder {folder} lacks {', '.join(missing)}")
         return CLIPTokenizer.from_pretrained(folder, pad_token=pad_token, local_files_only=True)
     return CLIPTokenizer.from_pretrained(_builtin_tokenizer_folder(), pad_token=pad_token, local_files_only=True)
 
@@ -96,10 +92,27 @@ def clip_tokenizer(folder: str | None = None, pad_token: str = "<|endoftext|>"):
 @functools.lru_cache(maxsize=1)
 def _builtin_tokenizer_folder() -> str:
     bpe = open_clip_bpe_path()
-    vocab, merges = clip_vocab_from_bpe(bpe) if bpe else byte_level_vocab()
+    if bpe is None:
+        raise ModelError(
+            "this model's file carries no tokenizer, and CLIP's vocabulary was not found: install it with "
+            "`pip install open_clip_torch` (it ships the vocabulary; `--no-deps` is enough), or name a tokenizer "
+            "folder with vocab.json and merges.txt (--tokenizer DIR)"
+        )
+    vocab, merges = clip_vocab_from_bpe(bpe)
     folder = tempfile.mkdtemp(prefix="videoelevator-clip-tokenizer-")
     return write_tokenizer_files(folder, vocab, merges)
 
 
 def has_clip_vocabulary() -> bool:
     return open_clip_bpe_path() is not None
+
+
+def check_vocabulary(tokenizer, vocab_size: int, source: str) -> None:
+    """A text encoder's token table and its tokenizer must be the same vocabulary: refuse a pair
+    whose sizes differ (token ids would point at the wrong embeddings)."""
+    if len(tokenizer) != vocab_size:
+        raise ModelError(
+            f"{source}: the tokenizer ({getattr(tokenizer, 'name_or_path', '') or 'built-in'}) has {len(tokenizer)} "
+            f"tokens but the text encoder embeds {vocab_size}; give the model's own tokenizer (--tokenizer DIR, a "
+            "folder with vocab.json and merges.txt)"
+        )

@@ -212,9 +212,9 @@ def test_original_unet_names_of_the_real_layouts():
 def test_tokenizers(kind, single_file, folder):
     for path in (single_file(kind), folder(kind)):
         tokenizers = load_t2i(path).tokenizers
-        if has_clip_vocabulary():
-            for tokenizer in tokenizers:
-                assert tokenizer(PROMPT).input_ids == CLIP_IDS
+        assert has_clip_vocabulary()  # open_clip_torch is in requirements.txt and the dev venv
+        for tokenizer in tokenizers:
+            assert tokenizer(PROMPT).input_ids == CLIP_IDS
         # SDXL's second (OpenCLIP) tokenizer pads with "!" as open_clip does.
         assert [t.pad_token for t in tokenizers] == (["<|endoftext|>", "!"] if kind == "sdxl" else ["<|endoftext|>"])
 
@@ -231,6 +231,44 @@ def test_tokenizer_dir_for_single_files(single_file, tmp_path):
     clip_tokenizer().save_pretrained(tokenizer_dir)
     loaded = load_t2i(single_file("sd1"), tokenizer_dir=tokenizer_dir)
     assert loaded.tokenizers[0].name_or_path == tokenizer_dir
+
+
+def test_no_tokenizer_without_clips_vocabulary(single_file, monkeypatch, tmp_path):
+    """A single file carries no tokenizer: without CLIP's vocabulary (open_clip_torch) loading stops
+    and names both fixes, instead of tokenising with some other vocabulary."""
+    import shutil
+
+    from lib_elevator import tokenizer
+
+    source = single_file("sd1")
+    copy = tmp_path / "copy"
+    shutil.copytree(os.path.dirname(source), copy)
+    path = str(copy / os.path.basename(source))
+    for name in ("vocab.json", "merges.txt"):  # the text-encoder folder the yaml names keeps only its config
+        os.remove(os.path.splitext(path)[0] + "-text-encoder/" + name)
+    yaml_path = os.path.splitext(path)[0] + ".yaml"
+    with open(yaml_path) as f:
+        text = f.read().replace(os.path.dirname(source) + os.sep, "")  # the yaml names the copy's folder
+    with open(yaml_path, "w") as f:
+        f.write(text)
+    monkeypatch.setattr(tokenizer, "open_clip_bpe_path", lambda: None)
+    tokenizer._builtin_tokenizer_folder.cache_clear()
+    try:
+        with pytest.raises(ModelError, match=r"open_clip_torch.*--tokenizer DIR"):
+            load_t2i(path)
+    finally:
+        tokenizer._builtin_tokenizer_folder.cache_clear()
+
+
+def test_a_tokenizer_of_another_vocabulary_is_refused(single_file, tmp_path):
+    """The 49,408-token text encoder is never paired with another vocabulary."""
+    from lib_elevator.tokenizer import bytes_to_unicode, write_tokenizer_files
+
+    base = list(bytes_to_unicode().values())
+    tokens = base + [t + "</w>" for t in base] + ["<|startoftext|>", "<|endoftext|>"]
+    small = write_tokenizer_files(str(tmp_path / "bytes"), {t: i for i, t in enumerate(tokens)}, [])
+    with pytest.raises(ModelError, match=r"has 514 tokens but the text encoder embeds 49408"):
+        load_t2i(single_file("sd1"), tokenizer_dir=small)
 
 
 # ------------------------------------------------------------------------------ sampling on loaded models
