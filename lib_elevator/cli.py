@@ -154,9 +154,8 @@ def demo_models(cache: str = DEMO_CACHE) -> tuple[str, str]:
 def run_generate(args) -> int:
     from tqdm import tqdm
 
-    from lib_elevator.elevator import plan_refinement
     from lib_elevator.loaders import load_t2i
-    from lib_elevator.standalone import Job, generate, make_schedule, planned_calls
+    from lib_elevator.standalone import Job, generate
     from lib_elevator.t2v.registry import load_t2v
     from lib_elevator.video_io import write_video
 
@@ -200,14 +199,14 @@ def run_generate(args) -> int:
         args.t2v, base=base, device="cpu" if args.offload_t2v else device, dtype=dtype, allow_pickle=args.allow_pickle
     )
 
-    plan = plan_refinement(settings, make_schedule(job.schedule, t2i, job.steps), t2i.alphas_cumprod, t2v.alphas_cumprod)
-    with tqdm(total=planned_calls(plan, settings), unit="call", desc="VideoElevator", file=sys.stderr) as bar:
+    with tqdm(unit="call", desc="VideoElevator", file=sys.stderr) as bar:
         result = generate(
             t2i,
             t2v,
             job,
             settings,
             progress=lambda stage: (bar.set_postfix_str(stage), bar.update()),
+            on_plan=lambda plan: setattr(bar, "total", plan.total_calls(settings)),
             offload_t2v=args.offload_t2v,
         )
     base_path = os.path.splitext(args.out)[0]

@@ -24,6 +24,7 @@ import torch
 from lib_elevator.dtypes import working_dtype
 from lib_elevator.filters import temporal_lowpass
 from lib_elevator.inversion import Denoiser, ddim_invert, inversion_path
+from lib_elevator.latent_space import LatentProjector, LatentSpace, VaeCodec, diffusers_codec, needs_projection
 from lib_elevator.noise import NoiseSource
 from lib_elevator.schedule import SigmaSchedule, nearest_timestep, refine_indices
 from lib_elevator.settings import Settings, SettingsError
@@ -52,6 +53,23 @@ class RefinePlan:
     def inversion_calls(self) -> int:
         return sum(len(path) - 1 for path in self.inversion_paths.values())
 
+    def pnp_calls(self) -> int:
+        """PnP evaluations after the refines: one per later step whose two levels are both on the
+        inversion trajectory, less the first one after each refine (it reuses the main call)."""
+        sigmas, count = self.schedule.sigmas, 0
+        for k, i in enumerate(self.refine_at):
+            stop = self.refine_at[k + 1] if k + 1 < len(self.refine_at) else self.schedule.steps
+            levels = set(self.inversion_paths[i][1:])
+            count += sum(1 for j in range(i + 2, stop) if sigmas[j] in levels and sigmas[j + 1] in levels)
+        return count
+
+    def extra_calls(self, settings: Settings) -> int:
+        """Model evaluations beyond the sampler's own steps: T2V steps, inversion, PnP."""
+        return self.t2v_calls(settings.t2v_steps) + self.inversion_calls() + (self.pnp_calls() if settings.pnp else 0)
+
+    def total_calls(self, settings: Settings) -> int:
+        return self.schedule.steps + self.extra_calls(settings)
+
 
 def plan_refinement(settings: Settings, schedule: SigmaSchedule, t2i_alphas_cumprod: torch.Tensor,
                     t2v_alphas_cumprod: torch.Tensor) -> RefinePlan:
@@ -79,6 +97,19 @@ def plan_refinement(settings: Settings, schedule: SigmaSchedule, t2i_alphas_cump
         starts[i] = start
         paths[i] = inversion_path(schedule.sigmas, i + 1, schedule.clean_sigma, settings.inversion_steps or None)
     return RefinePlan(schedule, refine_at, starts, stride, paths)
+
+
+def latent_projectors(t2i_codec: VaeCodec, t2i_space: LatentSpace, t2v: T2VBackend, mode: str = "auto"):
+    """(to_t2v, to_t2i) projections between the two latent spaces, or (None, None) when they agree."""
+    if not needs_projection(t2i_space, t2v.latent_space, mode):
+        return None, None
+    if t2v.vae is None:
+        raise SettingsError(
+            "t2v_model", f"the T2V model {t2v.name} has no VAE, which is needed to project latents between the "
+            "image model's latent space and its own"
+        )
+    to_t2v = LatentProjector(t2i_codec, t2i_space, diffusers_codec(t2v.vae), t2v.latent_space)
+    return to_t2v, to_t2v.reverse()
 
 
 class Refiner:

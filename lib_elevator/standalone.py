@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 from lib_elevator.cross_frame import cross_frame_attention
-from lib_elevator.elevator import RefinePlan, Refiner, plan_refinement
+from lib_elevator.elevator import RefinePlan, Refiner, latent_projectors, plan_refinement
 from lib_elevator.inversion import euler_step, pnp_correction
-from lib_elevator.latent_space import LatentProjector, diffusers_codec, needs_projection
+from lib_elevator.latent_space import diffusers_codec
 from lib_elevator.noise import NoiseSource, TorchNoise, mixed_noise
 from lib_elevator.schedule import SigmaSchedule, ddim_schedule
 from lib_elevator.settings import Settings, SettingsError
@@ -87,16 +87,6 @@ def t2i_off_device(t2i: T2IModel):
             module.to(device)
 
 
-def pnp_calls(plan: RefinePlan) -> int:
-    """PnP evaluations the loop below makes (for progress totals)."""
-    sigmas, refine_at, count = plan.schedule.sigmas, plan.refine_at, 0
-    for k, i in enumerate(refine_at):
-        stop = refine_at[k + 1] if k + 1 < len(refine_at) else plan.schedule.steps
-        levels = set(plan.inversion_paths[i][1:])
-        count += sum(1 for j in range(i + 2, stop) if sigmas[j] in levels and sigmas[j + 1] in levels)
-    return count
-
-
 def check_job(job: Job, t2i: T2IModel, settings: Settings) -> None:
     down = t2i.latent_space.downscale
     for name, size in (("width", job.width), ("height", job.height)):
@@ -115,11 +105,17 @@ def generate(
     *,
     noise: NoiseSource | None = None,
     progress: Callable[[str], None] | None = None,
+    on_plan: Callable[[RefinePlan], None] | None = None,
     offload_t2v: bool = False,
 ) -> VideoResult:
+    """One video. `progress(stage)` runs before every model evaluation ("t2i", "t2v", "inversion",
+    "pnp"); `on_plan(plan)` once, after the settings were checked and before any model runs
+    (`plan.total_calls(settings)` is the number of `progress` calls to come)."""
     check_job(job, t2i, settings)
     schedule = make_schedule(job.schedule, t2i, job.steps)
     plan = plan_refinement(settings, schedule, t2i.alphas_cumprod, t2v.alphas_cumprod)
+    if on_plan is not None:
+        on_plan(plan)
     noise = noise or TorchNoise(job.seed)
     calls = {"t2i": 0, "t2v": 0, "inversion": 0, "pnp": 0}
 
@@ -152,12 +148,7 @@ def generate(
         settings.t2v_prompt or job.prompt, settings.t2v_negative_prompt or job.negative_prompt, device
     )
 
-    to_t2v = to_t2i = None
-    if needs_projection(t2i.latent_space, t2v.latent_space, settings.latent_projection):
-        if t2v.vae is None:
-            raise SettingsError("latent_projection", f"the T2V model {t2v.name} has no VAE to project latents with")
-        to_t2v = LatentProjector(diffusers_codec(t2i.vae), t2i.latent_space, diffusers_codec(t2v.vae), t2v.latent_space)
-        to_t2i = to_t2v.reverse()
+    to_t2v, to_t2i = latent_projectors(diffusers_codec(t2i.vae), t2i.latent_space, t2v, settings.latent_projection)
     refiner = Refiner(
         t2v,
         settings,
@@ -204,9 +195,3 @@ def generate(
     latents = x / math.sqrt(1.0 + sigmas[-1] ** 2)
     images = t2i.decode(latents)
     return VideoResult((images.numpy() * 255).round().astype(np.uint8), latents.cpu(), calls)
-
-
-def planned_calls(plan: RefinePlan, settings: Settings) -> int:
-    """Model evaluations (batch calls) a job makes: T2I steps, T2V steps, inversion, PnP."""
-    extra = pnp_calls(plan) if settings.pnp else 0
-    return plan.schedule.steps + plan.t2v_calls(settings.t2v_steps) + plan.inversion_calls() + extra

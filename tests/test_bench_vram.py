@@ -14,7 +14,7 @@ from bench.vram import device_bytes, run_job
 from lib_elevator.elevator import plan_refinement
 from lib_elevator.filters import _fft_order_mask
 from lib_elevator.settings import Settings
-from lib_elevator.standalone import Job, make_schedule, planned_calls
+from lib_elevator.standalone import Job, make_schedule
 from lib_elevator.t2v.registry import load_t2v
 from lib_elevator.t2v.zeroscope import ZeroScopeBackend
 from lib_elevator.tiny.t2i import tiny_t2i
@@ -86,7 +86,7 @@ def test_offloading_frees_the_t2i_weights_while_the_t2v_model_works(model_cache)
     assert resident["end"] == resident["start"] + mask_bytes
     # Offloaded: the T2V model went back to the CPU and the T2I model came back (the mask is cached already).
     assert offloaded["start"] == offloaded["end"] == t2i_weights + mask_bytes
-    assert sum(offloaded["calls"].values()) == planned_calls(plan, settings)
+    assert sum(offloaded["calls"].values()) == plan.total_calls(settings)
     # During the T2V steps the T2I UNet and text encoder step aside: only the T2I VAE stays.
     assert offloaded["stages"]["t2v"] == resident["stages"]["t2v"] - (t2i_weights - vae_weights)
     # The T2I steps run without the T2V model.

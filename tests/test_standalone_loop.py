@@ -14,7 +14,7 @@ from lib_elevator.latent_space import SD1_LATENTS
 from lib_elevator.noise import TorchNoise
 from lib_elevator.schedule import alphas_cumprod, ddim_schedule
 from lib_elevator.settings import Settings, SettingsError
-from lib_elevator.standalone import Job, generate, make_schedule, planned_calls
+from lib_elevator.standalone import Job, generate, make_schedule
 from lib_elevator.t2v.base import PromptPair, T2VBackend
 
 
@@ -125,7 +125,7 @@ def test_progress_reports_every_planned_call(t2i):
     plan = plan_refinement(
         settings, make_schedule(JOB.schedule, t2i, JOB.steps), t2i.alphas_cumprod, StubT2V().alphas_cumprod
     )
-    assert len(stages) == planned_calls(plan, settings)
+    assert len(stages) == plan.total_calls(settings)
 
 
 def test_offloaded_t2v_visits_the_device_only_while_refining(t2i, monkeypatch):

@@ -290,6 +290,23 @@ def test_the_models_route(webui, folders):
     assert response["model_folder"] == os.path.join(webui.paths.models_path, "VideoElevator")
     assert {"name": "text2video/zs", "kind": "zeroscope", "folder": "text2video"} in response["models"]
     assert all(set(m) == {"name", "kind", "folder"} for m in response["models"])  # no server paths
+    assert response["unusable"] == []
+
+
+def test_a_t2v_model_that_cannot_run_is_listed_apart_with_its_reason(webui, folders):
+    """A pickled motion module (no opt-in in the WebUI) is not offered; the models route says why,
+    and a request naming it gets a 422 with the same reason, before any work starts."""
+    pickled = os.path.join(webui.paths.models_path, "VideoElevator", "mm_sd_v15_v2.ckpt")
+    torch.save({"down_blocks.0.motion_modules.0.proj_in.weight": torch.zeros(1)}, pickled)
+    api = webui.adapter("api")
+    response = api.list_models_response()
+    assert "mm_sd_v15_v2.ckpt" not in [m["name"] for m in response["models"]]
+    [entry] = response["unusable"]
+    assert entry["name"] == "mm_sd_v15_v2.ckpt" and "pickled weights" in entry["error"]
+    assert "mm_sd_v15_v2.ckpt" not in webui.adapter("models").model_names()
+    with pytest.raises(SettingsError, match="mm_sd_v15_v2.ckpt cannot be used: .*pickled weights") as error:
+        api.check_request(request(args=[enabled(t2v_model="mm_sd_v15_v2.ckpt")]))
+    assert error.value.field == "t2v_model"
 
 
 # ------------------------------------------------------------------------------ the ASGI wrapper

@@ -193,6 +193,7 @@ def prepared(env, **fields):
     p = processing(env, **fields)
     env.job.before_process(p, [settings(noise_mix=0.75)])
     p.sampler, p.seeds = env.mini.create_sampler(p.sampler_name), [123 + k for k in range(FRAMES)]
+    p.prompts, p.negative_prompts = [p.prompt] * FRAMES, [p.negative_prompt] * FRAMES
     return p
 
 
@@ -210,7 +211,11 @@ def test_before_every_sampling_mixes_the_noise_in_place_patches_and_wraps(env):
     assert torch.allclose(x, base * 0.75 * scale + own * scale, rtol=0, atol=1e-6)
     assert len(wrapped_modules(env)) == 2
     assert p.sampler.func.__wrapped__ is samplers.sample_euler
-    assert env.job.job_of(p).hook_error is None
+    job = env.job.job_of(p)
+    assert job.hook_error is None
+    # the T2V model was loaded and its prompts encoded before the sampler starts
+    assert [model["name"] for model in env.loaded] == ["tiny-zs"] and job.t2v_prompts is not None
+    assert job.refine_plan is None  # planning waits for the sampler's schedule
 
 
 def test_the_hires_pass_gets_attention_but_no_refinement(env):
@@ -241,7 +246,28 @@ def test_a_hook_failure_is_kept_and_raised_from_p_sample(env):
     with pytest.raises(env.job.VideoElevatorError, match="VideoElevator: the batch has 2 latents, expected 4 frames"):
         call_sample(env, p)
     assert p.scripts.errors == []  # the adapter kept the error itself; the host would only have logged it
-    assert p.sampler.func is env.mini.samplers.sample_euler  # left unwrapped
+    assert p.sampler.func.__wrapped__ is env.mini.samplers.sample_euler  # replaced by one that raises
+    assert p.sampler.steps_seen == []  # ... before the first step
+    assert wrapped_modules(env) == []
+
+
+@pytest.mark.parametrize("is_api", [False, True])
+def test_a_t2v_model_that_cannot_load_stops_the_job_before_its_first_step(env, monkeypatch, is_api):
+    """Loading happens before the sampler starts; when it fails the host does not sample the whole
+    job first, and the user gets the loader's message (HTTP 422 in the API), not a traceback."""
+    from lib_elevator.errors import ModelError
+
+    def broken(model):
+        raise ModelError("/models/VideoElevator/tiny-zs/unet: the UNet weights lack 3 tensors")
+
+    monkeypatch.setattr(env.models, "get_t2v", broken)
+    p = processing(env, is_api=is_api)
+    expected = env.host.fastapi.HTTPException if is_api else env.job.VideoElevatorError
+    with pytest.raises(expected) as error:
+        env.mini.process_images(p, env.script, [settings()])
+    text = error.value.detail if is_api else str(error.value)
+    assert text == "VideoElevator: /models/VideoElevator/tiny-zs/unet: the UNet weights lack 3 tensors"
+    assert p.sampler.steps_seen == [] and env.host.shared.sd_model.calls == []
     assert wrapped_modules(env) == []
 
 
@@ -359,8 +385,6 @@ def test_a_whole_job(env, sampler, batch_cond_uncond, pnp):
 def test_the_adapter_s_own_unet_calls_use_the_right_prompts(env, inversion_prompt):
     """Inversion calls are conditioned on the empty (or negative) prompt, PnP calls on the prompt;
     each is one call of F rows through sd_model.apply_model, with the frames' image conditioning."""
-    from lib_elevator.standalone import pnp_calls
-
     sd_model = env.host.shared.sd_model
     p = processing(env)
     env.mini.process_images(p, env.script, [settings(inversion_prompt=inversion_prompt)])
@@ -377,8 +401,8 @@ def test_the_adapter_s_own_unet_calls_use_the_right_prompts(env, inversion_promp
         assert torch.equal(call["cond"]["c_concat"][0], torch.zeros(FRAMES, 5, 1, 1))
     plan = env.job.job_of(p).refine_plan
     assert used.count(inversion_prompt) == plan.inversion_calls()
-    assert used.count("prompt") == pnp_calls(plan) > 0
-    assert len(used) == plan.inversion_calls() + pnp_calls(plan)
+    assert used.count("prompt") == plan.pnp_calls() > 0
+    assert len(used) == plan.inversion_calls() + plan.pnp_calls()
 
 
 def test_an_interrupt_during_t2v_work_stops_the_job_cleanly(env):

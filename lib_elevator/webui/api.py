@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 
-from lib_elevator.settings import SettingsError
+from lib_elevator.errors import SettingsError
 from lib_elevator.webui import compat, models
 from lib_elevator.webui.args import from_positional, is_enabled
 
@@ -21,8 +21,14 @@ TXT2IMG_PATH = "/sdapi/v1/txt2img"
 
 
 def list_models_response() -> dict:
-    return {"models": [{"name": m["name"], "kind": m["kind"], "folder": m["folder"]} for m in models.list_models()],
-            "model_folder": models.main_folder()}
+    """The usable T2V models, and the T2V models found that cannot run here with the reason."""
+    models_found = models.list_models(include_unusable=True)
+    return {
+        "models": [{"name": m["name"], "kind": m["kind"], "folder": m["folder"]} for m in models_found if m["kind"]],
+        "unusable": [{"name": m["name"], "folder": m["folder"], "error": m["error"]} for m in models_found
+                     if not m["kind"]],
+        "model_folder": models.main_folder(),
+    }
 
 
 def check_request(body: dict) -> dict:

@@ -3,31 +3,36 @@
 Frames are the batch of a txt2img job (p.batch_size = frames; batch count = videos). The Script
 hooks call the functions at the bottom of this file:
 
-    before_process               parse and check the arguments, set the batch size, wrap p.sample
-    process_before_every_sampling mix the initial noise, patch attention, wrap the sampler function
+    before_process                parse and check the arguments, set the batch size, wrap p.sample
+    process_before_every_sampling mix the initial noise, patch attention, wrap the sampler function,
+                                  then load the T2V model and encode its prompts (all I/O happens
+                                  here, before the sampler's first step)
+    (sampler function)            `plan` maps the refine points onto the sampler's schedule; the
+                                  segmented sampler calls `refine` and the PnP hooks
     postprocess_batch             write the video of this batch
     postprocess                   report the videos (UI gallery, API info)
 
 Exceptions raised inside script hooks are swallowed by the host, so nothing that can fail on bad
-input runs there: errors are kept and raised from our `p.sample` wrapper (or from the sampler
-function wrapper), where they stop the job with their message in the UI and the API. The same
-wrapper's `finally` removes every patch, whatever happens (success, error, interrupt, skip).
+input runs there unguarded: an error while preparing replaces the sampler function with one that
+raises it at once (the host does not sample a whole job first), and our `p.sample` wrapper turns
+user errors into a message for the UI or an HTTP 422 for the API. The same wrapper's `finally`
+removes every patch, whatever happens (success, error, interrupt, skip).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import logging
 import math
 
 import torch
 from modules import devices, prompt_parser, sd_samplers_common, shared
 
-from lib_elevator.elevator import Refiner, plan_refinement
-from lib_elevator.latent_space import LatentProjector, diffusers_codec, needs_projection
+from lib_elevator.elevator import Refiner, latent_projectors, plan_refinement
+from lib_elevator.errors import SettingsError, UserError
 from lib_elevator.noise import TorchNoise, mix_noise
-from lib_elevator.settings import SettingsError
-from lib_elevator.standalone import pnp_calls
 from lib_elevator.webui import attention, compat, host_model, models, outputs
 from lib_elevator.webui.args import INFOTEXT_KEY, ElevatorArgs, from_positional, is_enabled, to_infotext
 from lib_elevator.webui.sampler_hook import TIMESTEPS, HostSchedule, RefineHooks, segmented
@@ -45,13 +50,24 @@ class WebUIJob(RefineHooks):
         self.p, self.parsed, self.settings, self.model = p, parsed, parsed.settings, model
         self.frames = parsed.settings.frames
         self.pnp = parsed.settings.pnp
-        self.patched: list = []
-        self.hook_error: BaseException | None = None
+        self.patched: list = []  # attention modules we patched (removed in release)
+        self.hook_error: BaseException | None = None  # an error of a script hook, raised from p.sample
         self.sampled = False  # the wrapped sampler function ran in this job
         self.videos: list = []  # WrittenVideo per batch
-        self.captured_cfg = None  # the host CFG denoiser's inputs of its latest call (this job only)
+        # Prepared before the sampler starts (prepare):
+        self.noise: TorchNoise | None = None  # the job's draws: the shared base noise, then every SDEdit draw
+        self.t2v = None  # the loaded T2V backend
+        self.t2v_prompts = None  # its PromptPair
+        self.to_t2v = self.to_t2i = None  # latent projections, when the two latent spaces differ
+        self.empty_cond = None  # the empty prompt's conditioning rows (inversion_prompt "empty")
+        # Set when the sampler function starts (plan/on_run):
+        self.refine_plan = None
+        self.refiner: Refiner | None = None
+        self.host_schedule: HostSchedule | None = None
+        self.extra_done = 0  # model evaluations of ours so far (progress)
+        # What the host's CFG denoiser saw (on_cfg_denoiser/on_cfg_denoised), for inversion and PnP:
+        self.captured_cfg = None  # its inputs of its latest call
         self.captured_cond: list = []  # (cond rows in, cond rows out) of its latest calls
-        self.extra_done = 0
 
     # ------------------------------------------------------------------------ sampling setup
     def before_every_sampling(self, x: torch.Tensor) -> None:
@@ -63,45 +79,55 @@ class WebUIJob(RefineHooks):
             return
         if x.shape[0] != self.frames:
             raise VideoElevatorError(f"the batch has {x.shape[0]} latents, expected {self.frames} frames")
-        # One noise source per video: the shared base noise first, then every SDEdit draw.
         self.noise = TorchNoise(int(p.seeds[0]))
         base = self.noise.randn((1, *x.shape[1:])).to(x.device, x.dtype)
         x.copy_(mix_noise(base, x, self.settings.noise_mix))  # in place: this tensor goes to the sampler
         self.patched += attention.install(unet, self.frames, self.settings.anchor)
         p.sampler.func = segmented(p.sampler.func, self, shared.sd_model.alphas_cumprod, on_run=self.on_run)
+        self.prepare()
 
-    # ------------------------------------------------------------------------ RefineHooks
-    def plan(self, schedule):
-        self.sampled = True
-        self.schedule = schedule
+    def prepare(self) -> None:
+        """Everything that reads files or runs a text encoder, before the sampler's first step."""
+        state, sd_model = shared.state, shared.sd_model
+        state.textinfo = f"VideoElevator: loading {self.model['name']}"
+        if state.interrupted or state.skipped:
+            return  # the sampler stops at its first call
         self.t2v = models.get_t2v(self.model)
         if self.frames > getattr(self.t2v, "max_frames", self.frames):
             raise SettingsError("frames", f"the motion module {self.t2v.name} handles at most "
                                           f"{self.t2v.max_frames} frames; {self.frames} were asked for")
-        self.refine_plan = plan_refinement(self.settings, schedule, shared.sd_model.alphas_cumprod.detach().double().cpu(),
+        state.textinfo = "VideoElevator: encoding prompts"
+        self.t2v_prompts = self.t2v.encode_prompt(
+            plain_text(self.settings.t2v_prompt or self.p.prompts[0]),
+            plain_text(self.settings.t2v_negative_prompt or self.p.negative_prompts[0]),
+            devices.device,
+        )
+        self.to_t2v, self.to_t2i = latent_projectors(host_model.host_codec(sd_model), host_model.latent_space(sd_model),
+                                                     self.t2v, self.settings.latent_projection)
+        if self.settings.inversion_prompt == "empty":
+            self.empty_cond = host_model.empty_condition(sd_model, self.frames, self.p.width, self.p.height)
+        state.textinfo = None
+
+    # ------------------------------------------------------------------------ RefineHooks
+    def plan(self, schedule):
+        """Map the refine points onto the schedule the sampler got (pure: everything it needs was
+        prepared before sampling)."""
+        self.sampled = True
+        if self.t2v is None:  # interrupted while preparing: the host keeps what it has
+            raise sd_samplers_common.InterruptedException
+        # The refine points name steps of a DDIM schedule with the step count the user asked for.
+        schedule = dataclasses.replace(schedule, requested_steps=self.p.steps)
+        self.refine_plan = plan_refinement(self.settings, schedule,
+                                           shared.sd_model.alphas_cumprod.detach().double().cpu(),
                                            self.t2v.alphas_cumprod)
-        sd_model = shared.sd_model
-        t2i_space = host_model.latent_space(sd_model)
-        to_t2v = to_t2i = None
-        if needs_projection(t2i_space, self.t2v.latent_space, self.settings.latent_projection):
-            if self.t2v.vae is None:
-                raise SettingsError("t2v_model", f"{self.t2v.name} has no VAE to project SDXL latents with")
-            to_t2v = LatentProjector(host_model.host_codec(sd_model), t2i_space, diffusers_codec(self.t2v.vae),
-                                     self.t2v.latent_space)
-            to_t2i = to_t2v.reverse()
-        prompts = self.t2v.encode_prompt(plain_text(self.settings.t2v_prompt or self.p.prompts[0]),
-                                         plain_text(self.settings.t2v_negative_prompt or self.p.negative_prompts[0]),
-                                         devices.device)
-        self.refiner = Refiner(self.t2v, self.settings, self.refine_plan, prompts, self.noise, to_t2v=to_t2v,
-                               to_t2i=to_t2i, before_call=self.before_call, device=devices.device,
-                               offload=models.offload_wanted(), make_room=host_off_device)
+        self.refiner = Refiner(self.t2v, self.settings, self.refine_plan, self.t2v_prompts, self.noise,
+                               to_t2v=self.to_t2v, to_t2i=self.to_t2i, before_call=self.before_call,
+                               device=devices.device, offload=models.offload_wanted(), make_room=host_off_device)
         return self.refine_plan
 
     def on_run(self, schedule: HostSchedule, plan) -> None:
         self.host_schedule = schedule
-        extra = plan.t2v_calls(self.settings.t2v_steps) + plan.inversion_calls()
-        extra += pnp_calls(plan) if self.pnp else 0
-        shared.state.sampling_steps = schedule.steps + extra
+        shared.state.sampling_steps = schedule.steps + plan.extra_calls(self.settings)
         self.extra_done = 0
 
     def before_call(self, stage: str) -> None:
@@ -126,8 +152,6 @@ class WebUIJob(RefineHooks):
         if self.settings.inversion_prompt == "negative":
             return params.text_uncond, params.image_cond[rows : 2 * rows] if params.image_cond.shape[0] >= 2 * rows \
                 else cond_image
-        if not hasattr(self, "empty_cond"):
-            self.empty_cond = host_model.repeat_rows(shared.sd_model.get_learned_conditioning([""]), rows)
         return self.empty_cond, cond_image
 
     def refine(self, index: int, denoised: torch.Tensor) -> dict:
@@ -168,7 +192,7 @@ class WebUIJob(RefineHooks):
         if str(shared.state.textinfo or "").startswith("VideoElevator"):
             shared.state.textinfo = None
         self.captured_cfg, self.captured_cond = None, []
-        if models.offload_wanted() and getattr(self, "t2v", None) is not None:
+        if models.offload_wanted() and self.t2v is not None:
             self.t2v.to("cpu")
         devices.torch_gc()
 
@@ -224,7 +248,7 @@ def before_process(p, args) -> None:
                          getattr(p, "hr_prompt", None) if getattr(p, "enable_hr", False) else None)
         check_host_model()
         model = models.resolve(parsed.t2v_model)
-    except (SettingsError, ValueError, FileNotFoundError) as error:
+    except UserError as error:
         fail_job(p, error)
         return
     job = WebUIJob(p, parsed, model)
@@ -275,8 +299,12 @@ def wrap_sample(p, job: WebUIJob) -> None:
     def sample(*args, **kwargs):
         try:
             result = original(*args, **kwargs)
-        except (SettingsError, OSError) as error:  # bad settings or model files, found before any sampler step
+        except UserError as error:  # bad settings or model files, found before any sampler step
             raise user_error(p, error) from error
+        except Exception as error:
+            if error is job.hook_error:  # raised by the sampler function a failed hook replaced
+                raise VideoElevatorError(f"VideoElevator: {error}") from error
+            raise
         finally:
             job.release()
         if job.hook_error is not None:
@@ -294,9 +322,23 @@ def process_before_every_sampling(p, x) -> None:
         return
     try:
         job.before_every_sampling(x)
-    except Exception as error:  # the host would swallow it; our p.sample wrapper re-raises it
+    except Exception as error:  # the host would swallow it: stop the sampler at once and let p.sample raise it
+        if not isinstance(error, UserError):
+            log.exception("VideoElevator could not prepare sampling")
         job.hook_error = error
-        log.exception("VideoElevator could not prepare sampling")
+        sampler = getattr(p, "sampler", None)
+        if sampler is not None:
+            sampler.func = refusing(sampler.func, error)
+
+
+def refusing(func, error: BaseException):
+    """A sampler function that raises `error` instead of sampling (keeps the signature the host inspects)."""
+
+    @functools.wraps(func)
+    def run(*args, **kwargs):
+        raise error
+
+    return run
 
 
 def postprocess_batch(p, images, batch_number: int) -> None:

@@ -8,12 +8,11 @@ import threading
 
 from modules import devices, paths, shared
 
-from lib_elevator.settings import SettingsError
-from lib_elevator.t2v.registry import list_t2v_models, load_t2v
+from lib_elevator.errors import SettingsError
+from lib_elevator.t2v.registry import NEEDS_BASE, list_t2v_models, load_t2v
 
 OFFLOAD_POLICIES = ("auto", "always", "never")
-_cache: dict[tuple, object] = {}
-_base_cache: dict[tuple, object] = {}
+_cache: dict[tuple, object] = {}  # one loaded T2V backend at a time: they are large
 _lock = threading.Lock()
 
 
@@ -36,11 +35,12 @@ def model_folders() -> list[tuple[str, str]]:
     return [(label, folder) for label, folder in candidates if os.path.isdir(folder)]
 
 
-def list_models() -> list[dict]:
-    """Usable T2V models with unique display names: {"name", "path", "kind", "folder"}."""
+def list_models(include_unusable: bool = False) -> list[dict]:
+    """T2V models with unique display names: {"name", "path", "kind", "folder"}; with
+    `include_unusable` also the T2V models that cannot run here, with "kind": None and "error"."""
     models, seen = [], set()
     for label, folder in model_folders():
-        for model in list_t2v_models([folder]):
+        for model in list_t2v_models([folder], include_unusable=include_unusable):
             name, n = model["name"], 1
             while name in seen:  # the same name in several folders: label it, then number it
                 n += 1
@@ -62,6 +62,9 @@ def resolve(name: str) -> dict:
     for model in list_models():
         if model["name"] == name:
             return model
+    for model in list_models(include_unusable=True):
+        if model["name"] == name:
+            raise SettingsError("t2v_model", f"{name} cannot be used: {model['error']}")
     available = ", ".join(model_names()) or f"none (put models in {main_folder()})"
     raise SettingsError("t2v_model", f"no T2V model named {name!r}; available: {available}")
 
@@ -77,34 +80,39 @@ def offload_wanted() -> bool:
                 or (getattr(opts, "medvram_sdxl", False) and getattr(shared.sd_model, "is_sdxl", False)))
 
 
-def host_checkpoint_base():
-    """The loaded checkpoint's file as a diffusers SD1 model, for AnimateDiff motion modules (cached
-    per file; the host's LoRAs are not part of it)."""
-    from lib_elevator.loaders import load_t2i
-
+def host_checkpoint_file() -> str:
+    """The loaded checkpoint's file, which AnimateDiff motion modules plug into (SD1.x only)."""
     info = getattr(shared.sd_model, "sd_checkpoint_info", None)
     if info is None or not getattr(shared.sd_model, "is_sd1", False):
         raise SettingsError("t2v_model", "AnimateDiff motion modules need a SD1.x checkpoint loaded in the WebUI")
-    key = (info.filename, str(devices.device), str(devices.dtype))
-    if key not in _base_cache:
-        _base_cache.clear()
-        yaml = os.path.splitext(info.filename)[0] + ".yaml"
-        _base_cache[key] = load_t2i(info.filename, device="cpu" if offload_wanted() else devices.device,
-                                    dtype=devices.dtype, config_file=yaml if os.path.exists(yaml) else None)
-    return _base_cache[key]
+    return info.filename
+
+
+def load_base(checkpoint: str, device):
+    """The checkpoint file as diffusers SD1 components, to build a motion UNet from (the host's LoRAs
+    are not part of it). The caller keeps only what the backend keeps of it."""
+    from lib_elevator.loaders import load_t2i
+
+    yaml = os.path.splitext(checkpoint)[0] + ".yaml"
+    return load_t2i(checkpoint, device=device, dtype=devices.dtype, config_file=yaml if os.path.exists(yaml) else None)
 
 
 def get_t2v(model: dict):
-    """The loaded backend for a model entry; loaded on first use and cached."""
+    """The loaded backend for a model entry; loaded on first use and cached, keyed on the model, the
+    checkpoint an AnimateDiff module plugs into, and the dtype. An AnimateDiff backend keeps the
+    checkpoint's text encoder, tokenizer and VAE, not its UNet (the motion UNet has its own copy)."""
     offload = offload_wanted()
     device = "cpu" if offload else devices.device
     with _lock:
-        base = host_checkpoint_base() if model["kind"] in ("animatediff", "animatelcm") else None
-        key = (model["path"], str(devices.dtype), id(base))
+        checkpoint = host_checkpoint_file() if model["kind"] in NEEDS_BASE else None
+        key = (model["path"], checkpoint, str(devices.dtype))
         backend = _cache.get(key)
         if backend is None:
-            _cache.clear()  # one T2V model at a time: they are large
+            _cache.clear()
+            devices.torch_gc()
+            base = load_base(checkpoint, device) if checkpoint else None
             backend = load_t2v(model["path"], base=base, device=device, dtype=devices.dtype)
+            del base
             _cache[key] = backend
         elif str(backend.device) != str(device):
             backend.to(device)
@@ -114,5 +122,4 @@ def get_t2v(model: dict):
 def unload() -> None:
     with _lock:
         _cache.clear()
-        _base_cache.clear()
     devices.torch_gc()
