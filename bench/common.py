@@ -213,15 +213,3 @@ def apply_threads(threads: int | None) -> None:
     operation wait for a descheduled thread (an order of magnitude slower); one thread avoids that."""
     if threads:
         torch.set_num_threads(threads)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    return getattr(torch, name)

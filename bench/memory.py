@@ -145,7 +145,8 @@ def child_job(args) -> dict:
     import torch
 
     from bench import models
-    from bench.common import NEGATIVE, PROMPT, apply_threads, resolve_device, resolve_dtype
+    from bench.common import NEGATIVE, PROMPT, apply_threads
+    from lib_elevator.dtypes import resolve_device, resolve_dtype
     from lib_elevator.loaders import load_t2i
     from lib_elevator.noise import TorchNoise
     from lib_elevator.settings import Settings
@@ -183,7 +184,8 @@ def child_decode(args) -> dict:
     import torch
 
     from bench import models
-    from bench.common import apply_threads, resolve_device, resolve_dtype
+    from bench.common import apply_threads
+    from lib_elevator.dtypes import resolve_device, resolve_dtype
     from lib_elevator.loaders import load_t2i
 
     apply_threads(args.threads)

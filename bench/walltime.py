@@ -51,11 +51,10 @@ from bench.common import (
     apply_threads,
     machine,
     plain_batch,
-    resolve_device,
-    resolve_dtype,
     table,
 )
 from lib_elevator.cross_frame import cross_frame_attention
+from lib_elevator.dtypes import resolve_device, resolve_dtype
 from lib_elevator.noise import TorchNoise
 from lib_elevator.settings import Settings
 from lib_elevator.standalone import Job, generate, make_schedule

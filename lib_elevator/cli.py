@@ -132,19 +132,6 @@ def output_formats(args) -> tuple[str, ...]:
     return (ext,) if ext in FORMATS else ("MP4",)
 
 
-def resolve_device(name: str, dtype_name: str):
-    import torch
-
-    device = torch.device(
-        "cuda" if name == "auto" and torch.cuda.is_available() else ("cpu" if name == "auto" else name)
-    )
-    if dtype_name == "auto":
-        dtype = torch.float16 if device.type == "cuda" else torch.float32
-    else:
-        dtype = getattr(torch, dtype_name)
-    return device, dtype
-
-
 def demo_models(cache: str = DEMO_CACHE) -> tuple[str, str]:
     from lib_elevator.tiny import demo_folders
 
@@ -180,7 +167,10 @@ def run_generate(args) -> int:
         args.seed,
         args.schedule,
     )
-    device, dtype = resolve_device(args.device, args.dtype)
+    from lib_elevator.dtypes import resolve_device, resolve_dtype
+
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
 
     started = time.time()
     print(f"loading T2I {args.t2i}", file=sys.stderr)

@@ -75,11 +75,6 @@ class CrossFrameAttnProcessor:
         return self.inner(attn, hidden_states, encoder_hidden_states=context, attention_mask=attention_mask, temb=temb)
 
 
-def self_attention_names(unet) -> list[str]:
-    """Processor names of the self-attention layers of a diffusers UNet (the `attn1` of each block)."""
-    return [name for name in unet.attn_processors if name.endswith("attn1.processor")]
-
-
 @contextlib.contextmanager
 def cross_frame_attention(unet, frames: int, anchor: str = "first"):
     """Turn every self-attention layer of a diffusers 2-D UNet into cross-frame attention for the

@@ -18,7 +18,6 @@ import tempfile
 
 from lib_elevator.errors import ModelError
 
-CLIP_VOCAB_SIZE = 49408
 BPE_FILE = "bpe_simple_vocab_16e6.txt.gz"
 
 

@@ -21,9 +21,6 @@ class WrittenVideo:
     paths: dict[str, str] = field(default_factory=dict)  # format -> file (PNG -> folder of frames)
     errors: dict[str, str] = field(default_factory=dict)  # format -> why it could not be written
 
-    def files(self) -> list[str]:
-        return [p for fmt, p in self.paths.items() if fmt != "PNG"]
-
 
 def check_frames(frames: np.ndarray) -> np.ndarray:
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:

@@ -20,8 +20,6 @@ from lib_elevator.dtypes import working_dtype
 from lib_elevator.latent_space import LatentSpace
 from lib_elevator.noise import NoiseSource
 
-T2V_SAMPLERS = ("ddim", "lcm")
-
 
 @dataclass
 class PromptPair:

@@ -25,7 +25,6 @@ from lib_elevator.t2v.animatediff import ANIMATELCM_LORA_NAME, AnimateDiffBacken
 from lib_elevator.t2v.zeroscope import ZeroScopeBackend
 from lib_elevator.weights import WEIGHT_EXTENSIONS, is_pickle, pickle_refused, read_json, tensor_names
 
-T2V_KINDS = ("zeroscope", "animatediff", "animatelcm")
 NEEDS_BASE = ("animatediff", "animatelcm")
 # The original ModelScope release, as the sd-webui-text2video extension reads it.
 MODELSCOPE_ORIGINAL_FILES = ("text2video_pytorch_model.pth", "VQGAN_autoencoder.pth", "open_clip_pytorch_model.bin")

@@ -1,7 +1,15 @@
 """Tiny random-weight models built from the real architectures' classes, saved in the real on-disk
 layouts. They drive the `--demo` run and the tests; nothing here is downloaded."""
 
+import json
 import os
+
+
+def write_json(path: str, data: dict) -> None:
+    """A config file of a tiny model's folder."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2)
 
 
 def demo_folders(cache: str) -> tuple[str, str]:

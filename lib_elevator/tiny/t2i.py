@@ -13,7 +13,6 @@ counts stay multiples of 32 because the original UNet and VAE hard-code 32-group
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -31,6 +30,7 @@ from lib_elevator.loaders import (
 )
 from lib_elevator.lora import original_unet_name, unet_block_names
 from lib_elevator.t2i import T2I_KINDS, T2IModel
+from lib_elevator.tiny import write_json
 from lib_elevator.tokenizer import clip_tokenizer
 
 TEXT_WIDTH = 32
@@ -193,12 +193,6 @@ def build_tiny_t2i_folder(folder: str, kind: str = "sd1", seed: int = 0, v_predi
     scheduler = dict(model.scheduler_config, _diffusers_version=diffusers.__version__)
     write_json(os.path.join(folder, "scheduler", "scheduler_config.json"), scheduler)
     return folder
-
-
-def write_json(path: str, data: dict) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2)
 
 
 # ================================================================================== original naming

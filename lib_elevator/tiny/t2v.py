@@ -16,13 +16,13 @@ zero (output projections) get random values so that outputs depend on inputs.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 
 import torch
 
 from lib_elevator.t2v.animatediff import ANIMATELCM_LORA_NAME, MOTION_KEY_RENAMES
+from lib_elevator.tiny import write_json
 
 # An SD1-style UNet2DConditionModel small enough for CPU tests. Two motion modules per down block,
 # like SD1.5 (layers_per_block must match the motion module's), cross-attention width 32.
@@ -210,8 +210,8 @@ def build_tiny_zeroscope_folder(folder: str, seed: int = 0, with_vae: bool = Tru
         tiny_vae(seed + 2).save_pretrained(os.path.join(folder, "vae"), safe_serialization=True)
         components["vae"] = ["diffusers", "AutoencoderKL"]
 
-    _write_json(os.path.join(folder, "scheduler", "scheduler_config.json"), ZEROSCOPE_SCHEDULER_CONFIG)
-    _write_json(os.path.join(folder, "model_index.json"), {"_class_name": "TextToVideoSDPipeline", **components})
+    write_json(os.path.join(folder, "scheduler", "scheduler_config.json"), ZEROSCOPE_SCHEDULER_CONFIG)
+    write_json(os.path.join(folder, "model_index.json"), {"_class_name": "TextToVideoSDPipeline", **components})
     return folder
 
 
@@ -336,9 +336,3 @@ def build_tiny_animatelcm_folder(
         tiny_lcm_lora_state(motion_unet, seed + 1, lora_format=lora_format), os.path.join(folder, ANIMATELCM_LORA_NAME)
     )
     return folder
-
-
-def _write_json(path: str, data: dict) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2)
