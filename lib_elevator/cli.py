@@ -92,6 +92,14 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: cuda when available)")
     gen.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
     gen.add_argument("--offload-t2v", action="store_true", help="keep the T2V model on the CPU between refine steps")
+    gen.add_argument(
+        "--t2v-ff-chunk",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run the T2V UNet's feed-forward layers N rows at a time (ZeroScope/ModelScope; the authors use 8): "
+        "less GPU memory, same result; 0 = off",
+    )
 
     models = sub.add_parser("models", help="list the T2V models found in folders")
     models.add_argument("folders", nargs="+")
@@ -188,6 +196,10 @@ def run_generate(args) -> int:
     t2v = load_t2v(
         args.t2v, base=base, device="cpu" if args.offload_t2v else device, dtype=dtype, allow_pickle=args.allow_pickle
     )
+    if args.t2v_ff_chunk:
+        if not t2v.supports_forward_chunking:
+            raise SettingsError("--t2v-ff-chunk", f"{t2v.kind} models do not run their feed-forward layers in chunks")
+        t2v.enable_forward_chunking(args.t2v_ff_chunk)
 
     with tqdm(unit="call", desc="VideoElevator", file=sys.stderr) as bar:
         result = generate(

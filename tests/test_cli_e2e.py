@@ -55,6 +55,20 @@ def test_runs_are_deterministic_per_seed(models, tmp_path):
     assert (a == b).all() and not (a == c).all()
 
 
+def test_feed_forward_chunking_saves_memory_without_changing_the_video(models, tmp_path, capsys):
+    """--t2v-ff-chunk (the setting behind the chunked GPU-memory figure) gives the same frames; a
+    chunk that does not divide the sizes, or a backend without chunking, is a one-line error."""
+    assert generate(models, tmp_path / "plain.png") == 0
+    assert generate(models, tmp_path / "chunked.png", extra=["--t2v-ff-chunk", "2"]) == 0
+    plain, chunked = read_frames(tmp_path / "plain-frames"), read_frames(tmp_path / "chunked-frames")
+    assert np.abs(plain.astype(int) - chunked.astype(int)).max() <= 1
+    capsys.readouterr()
+    assert generate(models, tmp_path / "bad.png", extra=["--t2v-ff-chunk", "3"]) == 2
+    assert "t2v_ff_chunk: feed-forward chunking of 3" in capsys.readouterr().err
+    assert generate(models, tmp_path / "lcm.png", t2v="animatelcm", extra=["--t2v-ff-chunk", "2"]) == 2
+    assert "--t2v-ff-chunk: animatelcm models do not run their feed-forward layers in chunks" in capsys.readouterr().err
+
+
 def test_animatelcm_with_its_preset(models, tmp_path):
     out = tmp_path / "lcm.gif"
     assert generate(models, out, t2v="animatelcm", extra=["--preset", "AnimateLCM-like"]) == 0

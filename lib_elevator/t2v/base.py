@@ -46,6 +46,8 @@ class T2VBackend(ABC):
     vae = None
     device: torch.device = torch.device("cpu")
     dtype: torch.dtype = torch.float32
+    # Backends whose UNet can run its feed-forward layers in chunks (`enable_forward_chunking`).
+    supports_forward_chunking: bool = False
 
     @abstractmethod
     def encode_prompt(self, prompt: str, negative_prompt: str, device: torch.device | None = None) -> PromptPair:

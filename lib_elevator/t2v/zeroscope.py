@@ -15,7 +15,7 @@ import os
 
 import torch
 
-from lib_elevator.errors import ModelError
+from lib_elevator.errors import ModelError, SettingsError
 from lib_elevator.latent_space import SD1_LATENTS, LatentSpace
 from lib_elevator.schedule import alphas_from_config
 from lib_elevator.t2v.base import PromptPair, T2VBackend, modules_on
@@ -25,6 +25,7 @@ from lib_elevator.weights import folder_weights_kwargs, read_json, read_state_di
 class ZeroScopeBackend(T2VBackend):
     kind = "zeroscope"
     sampler = "ddim"
+    supports_forward_chunking = True
 
     def __init__(self, unet, text_encoder, tokenizer, scheduler_config: dict, vae=None, name: str = ""):
         self.unet = unet.eval()
@@ -125,7 +126,8 @@ class ZeroScopeBackend(T2VBackend):
         is the frame count in temporal layers and h*w in spatial ones; with dim=0 it is the batch
         times those. Either way they must divide evenly (checked on every call)."""
         if dim not in (0, 1) or chunk_size < 1:
-            raise ModelError(
+            raise SettingsError(
+                "t2v_ff_chunk",
                 f"forward chunking needs dim 0 or 1 and chunk_size >= 1; got dim={dim}, chunk_size={chunk_size}"
             )
         self.unet.enable_forward_chunking(chunk_size=chunk_size, dim=dim)
@@ -153,7 +155,8 @@ class ZeroScopeBackend(T2VBackend):
             )
         bad = [n for n in lengths if n % self.chunk_size]
         if bad:
-            raise ModelError(
+            raise SettingsError(
+                "t2v_ff_chunk",
                 f"feed-forward chunking of {self.chunk_size} along dim {self.chunk_dim} needs {what} "
                 f"({', '.join(map(str, lengths))}) to be multiples of {self.chunk_size}; change the frame count or "
                 "size, lower the chunk size, or turn chunking off"

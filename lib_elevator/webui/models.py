@@ -116,6 +116,12 @@ def get_t2v(model: dict):
             _cache[key] = backend
         elif str(backend.device) != str(device):
             backend.to(device)
+        chunk = int(shared.opts.data.get("videoelevator_t2v_ff_chunk", 0) or 0)
+        if backend.supports_forward_chunking:
+            if chunk:
+                backend.enable_forward_chunking(chunk)
+            else:
+                backend.disable_forward_chunking()
     return backend
 
 
