@@ -5,7 +5,7 @@ forward; a CFG call on F frames is 2F, a T2V call on one video of F frames with 
   (a) our `generate`,
   (b) a plain T2I batch of the same frames, steps and CFG (a DDIM loop over `T2IModel.denoiser`,
       `bench.common.plain_batch`: `generate` cannot run without refine points),
-  (c) the authors' loop structure (`bench.authors_loop.authors_loop`) at the same settings,
+  (c) the authors' loop (`tests/authors_loop.py`, the tests' oracle) at the same settings,
 and the final latents of (a) and (c) are compared in float32 and float64. Then the "fast" options
 (fewer inversion steps, PnP off) are counted and compared against the full path.
 
@@ -21,12 +21,12 @@ import time
 import torch
 
 from bench import models
-from bench.authors_loop import authors_loop_for
 from bench.common import NEGATIVE, PROMPT, Meters, add_threads_argument, apply_threads, machine, plain_batch, table
 from lib_elevator.noise import TorchNoise
 from lib_elevator.schedule import ddim_timesteps
 from lib_elevator.settings import Settings
 from lib_elevator.standalone import Job, generate
+from tests.authors_loop import authors_loop_for
 
 AUTHORS_T2I_TARGET = 4832  # the authors' code at the default settings (DESIGN.md §1, 302 F for F = 16)
 OUR_T2I_TARGET = 3880  # issue 4

@@ -84,6 +84,21 @@ def cross_frame_attention(unet, frames: int, anchor: str = "first"):
     patched = {name: (processor if name.endswith("attn1.processor") else proc) for name, proc in saved.items()}
     unet.set_attn_processor(patched)
     try:
-        yield
+        yield processor
     finally:
         unet.set_attn_processor(saved)
+
+
+def grouped(denoise, processor: CrossFrameAttnProcessor, group: int):
+    """`denoise` with the cross-frame groups of `processor` set to `group` rows for its calls (the
+    authors' inversion: two groups of F/2 frames)."""
+
+    def run(x, sigma):
+        saved = processor.frames
+        processor.frames = group
+        try:
+            return denoise(x, sigma)
+        finally:
+            processor.frames = saved
+
+    return run

@@ -83,10 +83,16 @@ def plan_refinement(settings: Settings, schedule: SigmaSchedule, t2i_alphas_cump
     except ValueError as e:
         raise SettingsError("refine_points", str(e)) from None
     train_steps = len(t2v_alphas_cumprod)
-    stride = max(1, train_steps // settings.t2v_grid_steps)
+    authors = settings.compat == "authors"
+    # The authors' T2V grid has as many steps as the T2I schedule; ours is fixed (stride 20 by default).
+    grid_steps = schedule.reference_steps if authors else settings.t2v_grid_steps
+    stride = max(1, train_steps // grid_steps)
     starts, paths = {}, {}
     for i in refine_at:
-        start = nearest_timestep(t2v_alphas_cumprod, schedule.sigmas[i])
+        if authors:  # their SDEdit noises to the T2I's timestep t_i on the T2V table, whatever its noise level
+            start = min(nearest_timestep(t2i_alphas_cumprod, schedule.sigmas[i]), train_steps - 1)
+        else:  # the T2V timestep with the noise level the T2I sampler is at
+            start = nearest_timestep(t2v_alphas_cumprod, schedule.sigmas[i])
         room = start // stride + 1
         if settings.t2v_steps > room:
             raise SettingsError(

@@ -78,6 +78,18 @@ class Settings:
             raise SettingsError("preset", f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
         return self.replace(**PRESETS[name])
 
+    @property
+    def inverts_with_negative_prompt(self) -> bool:
+        """The inversion's text conditioning: the negative prompt (the authors' choice) or the empty one."""
+        return self.inversion_prompt == "negative" or self.compat == "authors"
+
+    @property
+    def inversion_anchor_groups(self) -> int:
+        """Anchor groups in the inversion's batch of F frames: 1 (every frame attends to frame 0), or 2
+        with compat="authors" (their processor splits every batch in two: frames from F/2 on attend
+        to frame F/2)."""
+        return 2 if self.compat == "authors" else 1
+
     def filter_spec(self) -> FilterSpec:
         convention = "authors" if self.compat == "authors" else "exact"
         return FilterSpec(self.filter_method, float(self.filter_spatial), float(self.filter_temporal),
@@ -141,6 +153,12 @@ class Settings:
             self.compat in COMPAT_MODES,
             "compat",
             f"must be one of {', '.join(COMPAT_MODES)}; got {self.compat!r}",
+        )
+        need(
+            self.compat != "authors" or self.frames % 2 == 0,
+            "frames",
+            f"compat=authors needs an even frame count (the authors' inversion splits the frames in two halves); "
+            f"got {self.frames!r}",
         )
         need(isinstance(self.fps, int) and 1 <= self.fps <= 60, "fps", f"must be between 1 and 60; got {self.fps!r}")
         need(

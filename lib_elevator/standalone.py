@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from lib_elevator.cross_frame import cross_frame_attention
+from lib_elevator.cross_frame import cross_frame_attention, grouped
 from lib_elevator.elevator import RefinePlan, Refiner, latent_projectors, plan_refinement
 from lib_elevator.inversion import euler_step, pnp_correction
 from lib_elevator.latent_space import diffusers_codec
@@ -106,11 +106,13 @@ def generate(
     noise: NoiseSource | None = None,
     progress: Callable[[str], None] | None = None,
     on_plan: Callable[[RefinePlan], None] | None = None,
+    on_step: Callable[[int, torch.Tensor], None] | None = None,
     offload_t2v: bool = False,
 ) -> VideoResult:
     """One video. `progress(stage)` runs before every model evaluation ("t2i", "t2v", "inversion",
     "pnp"); `on_plan(plan)` once, after the settings were checked and before any model runs
-    (`plan.total_calls(settings)` is the number of `progress` calls to come)."""
+    (`plan.total_calls(settings)` is the number of `progress` calls to come); `on_step(i, latents)`
+    after every step i with the DDPM-form latents the loop continues from."""
     check_job(job, t2i, settings)
     schedule = make_schedule(job.schedule, t2i, job.steps)
     plan = plan_refinement(settings, schedule, t2i.alphas_cumprod, t2v.alphas_cumprod)
@@ -133,15 +135,18 @@ def generate(
 
     # Text conditioning: main CFG rows are [uncond x F, cond x F], two groups of F frames.
     cond = t2i.encode_prompt(job.prompt, job.height, job.width)
-    uncond = t2i.encode_prompt(job.negative_prompt, job.height, job.width)
-    inversion_text = "" if settings.inversion_prompt == "empty" else job.negative_prompt
+    # An empty negative prompt (and the "empty" inversion prompt) is SDXL's zeros, as in diffusers.
+    uncond = t2i.encode_prompt(job.negative_prompt, job.height, job.width, negative=True)
+    inversion_text = job.negative_prompt if settings.inverts_with_negative_prompt else ""
     guided = job.guidance > 1.0
     main = t2i.denoiser(
         TextCondition.cat([uncond.repeat(frames), cond.repeat(frames)]) if guided else cond.repeat(frames)
     )
     cond_only = t2i.denoiser(cond.repeat(frames))
     inversion_cond = (
-        uncond if inversion_text == job.negative_prompt else t2i.encode_prompt(inversion_text, job.height, job.width)
+        uncond
+        if inversion_text == job.negative_prompt
+        else t2i.encode_prompt(inversion_text, job.height, job.width, negative=True)
     )
     invert = t2i.denoiser(inversion_cond.repeat(frames))
     t2v_prompts = t2v.encode_prompt(
@@ -168,7 +173,9 @@ def generate(
     work = torch.float64 if t2i.dtype == torch.float64 else torch.float32
     x = mixed_noise(noise, frames, latent_shape, settings.noise_mix).to(device, work) * math.sqrt(1.0 + sigmas[0] ** 2)
     trajectory: dict[float, torch.Tensor] = {}
-    with torch.no_grad(), cross_frame_attention(t2i.unet, frames, settings.anchor):
+    with torch.no_grad(), cross_frame_attention(t2i.unet, frames, settings.anchor) as attention:
+        if settings.inversion_anchor_groups > 1:
+            invert = grouped(invert, attention, frames // settings.inversion_anchor_groups)
         for i in range(schedule.steps):
             sigma, sigma_next = sigmas[i], sigmas[i + 1]
             before_call("t2i")
@@ -181,6 +188,8 @@ def generate(
             if i in plan.refine_at:  # temporal motion refining replaces this step's update
                 trajectory = refiner.refine(i, denoised, invert)
                 x = trajectory[sigma_next]
+                if on_step is not None:
+                    on_step(i, x / math.sqrt(1.0 + sigma_next**2))
                 continue
 
             x_next = euler_step(x, denoised, sigma, sigma_next)
@@ -191,6 +200,8 @@ def generate(
                     denoised_cond = cond_only(inverted, sigma)
                 x_next = pnp_correction(x_next, inverted, trajectory[sigma_next], denoised_cond, sigma, sigma_next)
             x = x_next
+            if on_step is not None:
+                on_step(i, x / math.sqrt(1.0 + sigma_next**2))
 
     latents = x / math.sqrt(1.0 + sigmas[-1] ** 2)
     images = t2i.decode(latents)

@@ -25,10 +25,6 @@ class TextCondition:
     context: torch.Tensor
     added: dict[str, torch.Tensor] = field(default_factory=dict)
 
-    @property
-    def rows(self) -> int:
-        return self.context.shape[0]
-
     def repeat(self, rows: int) -> TextCondition:
         return TextCondition(self.context.expand(rows, -1, -1), {k: v.expand(rows, -1) for k, v in self.added.items()})
 
@@ -49,6 +45,9 @@ class T2IModel:
     tokenizers: list
     scheduler_config: dict = field(default_factory=dict)
     name: str = ""
+    # SDXL: an empty negative prompt is all zeros (context and pooled embedding), as diffusers'
+    # StableDiffusionXLPipeline does by default; a diffusers folder's model_index.json can turn it off.
+    force_zeros_for_empty_prompt: bool = True
 
     def __post_init__(self):
         if self.kind not in T2I_KINDS:
@@ -81,9 +80,18 @@ class T2IModel:
         return ids.to(encoder.device)  # the encoder's: an AnimateDiff backend may run it away from the UNet
 
     @torch.no_grad()
-    def encode_prompt(self, prompt: str, height: int, width: int) -> TextCondition:
+    def encode_prompt(self, prompt: str, height: int, width: int, negative: bool = False) -> TextCondition:
         """Conditioning of one row for `prompt` (SD1/SD2: last hidden state; SDXL: the penultimate
-        hidden states of both encoders, the second one's pooled projection and the size ids)."""
+        hidden states of both encoders, the second one's pooled projection and the size ids).
+
+        `negative=True` asks for the conditioning of a negative prompt, i.e. the uncond rows of CFG and
+        the un-guided ("empty") inversion prompt. It differs only for SDXL with an empty prompt: zeros
+        for the context and the pooled embedding, with the same size ids as a positive prompt, which is
+        what diffusers' `StableDiffusionXLPipeline.encode_prompt` gives when no negative prompt is given
+        (`force_zeros_for_empty_prompt`; its negative time ids default to the positive ones) and what the
+        WebUI gives its own empty negative prompt. SD1/SD2 encode "" either way."""
+        if negative and prompt == "" and self.kind == "sdxl" and self.force_zeros_for_empty_prompt:
+            return self.zero_condition(height, width)
         if self.kind != "sdxl":
             encoder = self.text_encoders[0]
             return TextCondition(encoder(self._tokens(self.tokenizers[0], prompt, encoder))[0].to(self.dtype))
@@ -92,9 +100,25 @@ class T2IModel:
             out = encoder(self._tokens(tokenizer, prompt, encoder), output_hidden_states=True)
             hidden.append(out.hidden_states[-2])
             pooled = out[0]  # the last encoder (CLIPTextModelWithProjection) gives text_embeds first
-        time_ids = torch.tensor([[height, width, 0, 0, height, width]], device=self.device, dtype=self.dtype)
         return TextCondition(
-            torch.cat(hidden, dim=-1).to(self.dtype), {"text_embeds": pooled.to(self.dtype), "time_ids": time_ids}
+            torch.cat(hidden, dim=-1).to(self.dtype),
+            {"text_embeds": pooled.to(self.dtype), "time_ids": self.time_ids(height, width)},
+        )
+
+    def time_ids(self, height: int, width: int) -> torch.Tensor:
+        """SDXL's size conditioning as diffusers builds it: original size, crop top-left (0, 0), target size."""
+        return torch.tensor([[height, width, 0, 0, height, width]], device=self.device, dtype=self.dtype)
+
+    def zero_condition(self, height: int, width: int) -> TextCondition:
+        """SDXL's empty negative prompt: zeros of the shapes the encoders give (tokens x both hidden
+        sizes; the second encoder's projection), the size ids unchanged."""
+        tokens = self.tokenizers[0].model_max_length
+        width_sum = sum(encoder.config.hidden_size for encoder in self.text_encoders)
+        pooled = self.text_encoders[-1].config.projection_dim
+        zeros = dict(device=self.device, dtype=self.dtype)
+        return TextCondition(
+            torch.zeros(1, tokens, width_sum, **zeros),
+            {"text_embeds": torch.zeros(1, pooled, **zeros), "time_ids": self.time_ids(height, width)},
         )
 
     # ---------------------------------------------------------------------------------- UNet

@@ -6,8 +6,8 @@ import math
 
 import pytest
 import torch
+from authors_loop import authors_loop_for
 
-from bench.authors_loop import authors_loop_for
 from lib_elevator.elevator import Refiner, plan_refinement
 from lib_elevator.filters import temporal_lowpass
 from lib_elevator.latent_space import SD1_LATENTS
@@ -58,11 +58,14 @@ def t2i(model_cache):
 
 
 SMALL = dict(frames=4, refine_points="11,8,5,3", t2v_steps=2, t2v_grid_steps=12, inversion_prompt="negative")
+AUTHORS = dict(frames=4, refine_points="11,8,5,3", t2v_steps=2, compat="authors")
 JOB = Job(prompt="a lighthouse", negative_prompt="blurry", width=32, height=32, steps=12, guidance=7.5, seed=3)
 
 
-def run_authors(t2i, settings, job, pnp=True):
-    return authors_loop_for(t2i, StubT2V(), job, settings.replace(pnp=pnp), [11, 8, 5, 3], TorchNoise(job.seed))
+def run_authors(t2i, settings, job, pnp=True, on_step=None, t2v=None):
+    return authors_loop_for(
+        t2i, t2v or StubT2V(), job, settings.replace(pnp=pnp), [11, 8, 5, 3], TorchNoise(job.seed), on_step
+    )
 
 
 def count_rows(t2i):
@@ -76,18 +79,27 @@ def t2i_f64(t2i):
     return copy.deepcopy(t2i).to(dtype=torch.float64)
 
 
+@pytest.mark.parametrize("beta_schedule", ["scaled_linear", "linear"])
 @pytest.mark.parametrize("pnp", [True, False])
-def test_loop_equals_the_authors_structure_with_fewer_evaluations(t2i_f64, pnp):
-    """In float64 the two loops agree to rounding: dropping the wasted evaluations changes nothing."""
-    settings = Settings(**SMALL, pnp=pnp)
+def test_compat_authors_equals_the_authors_loop_at_every_step_with_fewer_evaluations(t2i_f64, pnp, beta_schedule):
+    """With compat="authors" the standalone reproduces the authors' loop (their inversion anchor
+    groups, negative-prompt inversion, T2V grid and SDEdit start): in float64 the latents agree to
+    rounding after every step, while the wasted evaluations are not made. The linear table is
+    AnimateDiff's, where their timestep-matched SDEdit start differs from our noise-level match."""
+    settings = Settings(**AUTHORS, pnp=pnp)
     rows, handle = count_rows(t2i_f64)
+    ours_steps, theirs_steps = [], []
     try:
-        ours = generate(t2i_f64, StubT2V(), JOB, settings, noise=TorchNoise(JOB.seed))
+        ours = generate(t2i_f64, StubT2V(beta_schedule), JOB, settings, noise=TorchNoise(JOB.seed),
+                        on_step=lambda i, x: ours_steps.append(x))
         our_rows = sum(rows)
     finally:
         handle.remove()
-    reference, ref_rows = run_authors(t2i_f64, settings, JOB, pnp=pnp)
-    assert ours.latents.dtype == torch.float64
+    reference, ref_rows = run_authors(t2i_f64, settings, JOB, pnp=pnp, t2v=StubT2V(beta_schedule),
+                                      on_step=lambda i, x: theirs_steps.append(x))
+    assert ours.latents.dtype == torch.float64 and len(ours_steps) == len(theirs_steps) == JOB.steps
+    for i, (a, b) in enumerate(zip(ours_steps, theirs_steps)):
+        assert torch.allclose(a, b, atol=1e-10, rtol=0), i
     assert torch.allclose(ours.latents, reference.cpu(), atol=1e-10, rtol=0)
     f = settings.frames
     # refine at 1, 4, 7, 9 of 12; full inversion paths of 10, 7, 4, 2 steps; PnP pays only at steps 3
@@ -96,6 +108,20 @@ def test_loop_equals_the_authors_structure_with_fewer_evaluations(t2i_f64, pnp):
     assert our_rows == 12 * 2 * f + 23 * f + ours.calls["pnp"] * f
     # the authors: a cond+uncond PnP call at every step while a trajectory lasts: 2-4, 5-7, 8-9, 10
     assert ref_rows["t2i"] == 12 * 2 * f + 23 * f + (9 * 2 * f if pnp else 0)
+
+
+def test_without_compat_the_documented_differences_change_the_video(t2i_f64):
+    """compat="none" (our choices: one anchor group in the inversion, the empty inversion prompt, the
+    fixed 50-step T2V grid, the noise-level SDEdit start) is not the authors' result; each of the
+    switches on its own moves it."""
+    reference, _ = run_authors(t2i_f64, Settings(**AUTHORS), JOB)
+    ours = generate(t2i_f64, StubT2V(), JOB, Settings(**{**AUTHORS, "compat": "none"}),
+                    noise=TorchNoise(JOB.seed)).latents
+    assert (ours - reference).abs().max() > 1e-4
+    # ... and our default with only the authors' prompt and grid differs by the anchor groups alone
+    grid = Settings(**{**AUTHORS, "compat": "none"}, inversion_prompt="negative", t2v_grid_steps=JOB.steps)
+    only_groups = generate(t2i_f64, StubT2V(), JOB, grid, noise=TorchNoise(JOB.seed)).latents
+    assert (only_groups - reference).abs().max() > 1e-6
 
 
 def test_loop_in_float32_stays_close_to_the_float64_reference(t2i, t2i_f64):

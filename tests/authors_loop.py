@@ -1,22 +1,27 @@
-"""The authors' sampling loop, re-stated in our words for comparison (not their code).
+"""The authors' sampling loop, re-stated in our words as a test oracle (not their code).
 
-It follows the structure of the published VideoElevator pipeline (DDPM form, diffusers'
-DDIMScheduler / DDIMInverseScheduler with SD's config), including the evaluations that turn out to
-be unnecessary:
+It follows the published VideoElevator pipeline (DDPM form, diffusers' DDIMScheduler /
+DDIMInverseScheduler with SD's config, a DDIM video scheduler on the T2I's step grid), including
+what this project does differently by default (docs/algorithm.md):
+- their cross-frame processor splits every UNet batch into two halves, each anchored on its first
+  row: the CFG batch [uncond F, cond F] gets the intended groups, the un-guided inversion batch of F
+  rows gets two groups of F/2 frames;
+- the inversion is conditioned on the negative-prompt half of their embeddings;
+- SDEdit noises the clean prediction to the T2I's timestep t_i on the video model's table, then
+  takes its steps on the video scheduler's grid from index i;
+and the evaluations that turn out to be unnecessary:
 - a PnP call at every step while an inversion trajectory has more than one latent left, also at
   a refine step, whose result the refine then replaces;
 - the first PnP call after each inversion evaluates exactly the latent the main call just did;
 - every PnP call is a full cond+uncond batch, combined with guidance 1.0.
-It differs from the authors' code only where DESIGN.md says their behaviour is unintended: the
-cross-frame groups are F frames for every call (theirs assume two groups per batch, so the
-un-guided inversion pairs frame F/2 with its own anchor), and the T2V step grid is passed in.
 
-Used by the tests (our loop must give the same latents with fewer evaluations) and by the cost
-benchmark (the authors' evaluation count at the same settings, counted by running this loop).
+The standalone pipeline with compat="authors" must equal it (tests/test_standalone_loop.py), with
+fewer evaluations; the cost benchmark runs it to count the authors' evaluations.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -48,7 +53,9 @@ def _ddim(cls, t2i: T2IModel, steps: int):
     return scheduler
 
 
-def authors_loop_for(t2i: T2IModel, t2v: T2VBackend, job, settings, steps_remaining: list[int], noise: NoiseSource):
+def authors_loop_for(
+    t2i: T2IModel, t2v: T2VBackend, job, settings, steps_remaining: list[int], noise: NoiseSource, on_step=None
+):
     """`authors_loop` with a standalone `Job` and `Settings` (the refine points as steps remaining)."""
     return authors_loop(
         t2i,
@@ -64,10 +71,10 @@ def authors_loop_for(t2i: T2IModel, t2v: T2VBackend, job, settings, steps_remain
         t2v_steps=settings.t2v_steps,
         t2v_guidance=settings.t2v_guidance,
         alpha=settings.noise_mix,
-        filter_spec=settings.filter_spec(),
+        filter_spec=dataclasses.replace(settings.filter_spec(), convention="authors"),
         pnp=settings.pnp,
         noise=noise,
-        t2v_grid_steps=settings.t2v_grid_steps,
+        on_step=on_step,
     )
 
 
@@ -90,15 +97,17 @@ def authors_loop(
     filter_spec: FilterSpec,
     pnp: bool,
     noise: NoiseSource,
-    t2v_grid_steps: int,
+    on_step=None,
 ) -> tuple[torch.Tensor, dict[str, int]]:
-    """Returns the final DDPM-form latents (F, C, h, w) and the UNet rows evaluated per model."""
+    """Returns the final DDPM-form latents (F, C, h, w) and the UNet rows evaluated per model.
+    `on_step(i, latents)` sees the latents at the end of every loop iteration."""
     from diffusers import DDIMInverseScheduler, DDIMScheduler
 
     rows = {"t2i": 0, "t2v": 0}
 
     def unet(latents, t, cond):
         rows["t2i"] += latents.shape[0]
+        attention.frames = latents.shape[0] // 2  # their processor: two anchor groups per batch
         return t2i.model_output(latents, float(t), cond).to(latents.dtype)
 
     scheduler, inverse = _ddim(DDIMScheduler, t2i, steps), _ddim(DDIMInverseScheduler, t2i, steps)
@@ -107,7 +116,7 @@ def authors_loop(
     uncond = t2i.encode_prompt(negative_prompt, height, width).repeat(frames)
     both = TextCondition.cat([uncond, cond])
     t2v_prompts = t2v.encode_prompt(prompt, negative_prompt)
-    t2v_table, t2v_stride = t2v.alphas_cumprod, len(t2v.alphas_cumprod) // t2v_grid_steps
+    t2v_table, t2v_stride = t2v.alphas_cumprod, len(t2v.alphas_cumprod) // steps  # the video grid = the T2I grid
 
     base, residual = noise.randn((1, c, h, w)), noise.randn((frames, c, h, w))
     scale = (1 + alpha**2) ** -0.5
@@ -127,7 +136,7 @@ def authors_loop(
         return x, trajectory
 
     trajectory: list[torch.Tensor] = []
-    with cross_frame_attention(t2i.unet, frames):
+    with cross_frame_attention(t2i.unet, frames) as attention:
         for i, t in enumerate(scheduler.timesteps.tolist()):
             eps = guided_eps(latents, t, guidance)
             step = scheduler.step(eps, t, latents)
@@ -152,4 +161,6 @@ def authors_loop(
                     clean = (video - math.sqrt(1 - a_t) * v_eps) / math.sqrt(a_t)
                     video = math.sqrt(a_prev) * clean + math.sqrt(1 - a_prev) * v_eps
                 latents, trajectory = invert(clean, steps - i - 1)
+            if on_step is not None:
+                on_step(i, latents)
     return latents, rows
