@@ -84,6 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["empty", "negative"],
         help="condition the inversion on the empty prompt, or the negative one as the authors' code",
     )
+    gen.add_argument(
+        "--compat",
+        choices=["none", "authors"],
+        help="authors: reproduce the authors' code (their inversion anchor groups and prompt, T2V step grid "
+        "and SDEdit start, filter masks; see docs/algorithm.md)",
+    )
     gen.add_argument("--t2v-prompt", help="prompt for the T2V model (default: --prompt)")
     gen.add_argument("--t2v-negative-prompt", help="negative prompt for the T2V model (default: --negative-prompt)")
     gen.add_argument("--fps", type=int, default=8)
@@ -124,6 +130,7 @@ def settings_from_args(args) -> Settings:
             "inversion_prompt",
             "t2v_prompt",
             "t2v_negative_prompt",
+            "compat",
         )
         if getattr(args, name) is not None
     }

@@ -69,6 +69,16 @@ def test_feed_forward_chunking_saves_memory_without_changing_the_video(models, t
     assert "--t2v-ff-chunk: animatelcm models do not run their feed-forward layers in chunks" in capsys.readouterr().err
 
 
+def test_compat_authors_from_the_command_line(models, tmp_path, capsys):
+    assert generate(models, tmp_path / "ours.png") == 0
+    assert generate(models, tmp_path / "theirs.png", extra=["--compat", "authors"]) == 0
+    ours, theirs = read_frames(tmp_path / "ours-frames"), read_frames(tmp_path / "theirs-frames")
+    assert ours.shape == theirs.shape and not (ours == theirs).all()
+    capsys.readouterr()
+    assert generate(models, tmp_path / "odd.png", extra=["--compat", "authors", "--frames", "5"]) == 2
+    assert "frames: compat=authors needs an even frame count" in capsys.readouterr().err
+
+
 def test_animatelcm_with_its_preset(models, tmp_path):
     out = tmp_path / "lcm.gif"
     assert generate(models, out, t2v="animatelcm", extra=["--preset", "AnimateLCM-like"]) == 0
