@@ -1,4 +1,4 @@
-"""The refine orchestrator: temporal motion refining at one step (DESIGN.md §1, steps 3b-3f).
+"""The refine orchestrator: temporal motion refining at one step (docs/algorithm.md, step 3).
 
 Given the T2I model's clean prediction at step i (sigma_i) it returns the latent the T2I sampler
 continues from at sigma_{i+1}:

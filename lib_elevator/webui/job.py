@@ -104,7 +104,7 @@ class WebUIJob(RefineHooks):
         )
         self.to_t2v, self.to_t2i = latent_projectors(host_model.host_codec(sd_model), host_model.latent_space(sd_model),
                                                      self.t2v, self.settings.latent_projection)
-        if self.settings.inversion_prompt == "empty":
+        if not self.settings.inverts_with_negative_prompt:
             self.empty_cond = host_model.empty_condition(sd_model, self.frames, self.p.width, self.p.height)
         state.textinfo = None
 
@@ -149,7 +149,7 @@ class WebUIJob(RefineHooks):
         cond_image = params.image_cond[:rows]
         if which == "cond":
             return params.text_cond, cond_image
-        if self.settings.inversion_prompt == "negative":
+        if self.settings.inverts_with_negative_prompt:
             return params.text_uncond, params.image_cond[rows : 2 * rows] if params.image_cond.shape[0] >= 2 * rows \
                 else cond_image
         return self.empty_cond, cond_image
