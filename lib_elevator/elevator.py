@@ -16,6 +16,7 @@ this code unchanged. Nothing here knows about a host.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -40,9 +41,12 @@ class RefinePlan:
 
     schedule: SigmaSchedule
     refine_at: tuple[int, ...]
-    t2v_start: dict[int, int]  # refine index -> T2V timestep where SDEdit starts
-    t2v_stride: int
+    t2v_start: dict[int, int]  # refine index -> T2V timestep SDEdit noises to
+    t2v_timesteps: dict[int, tuple[int, ...]]  # refine index -> the T2V model's steps, from the start down
     inversion_paths: dict[int, list[float]]  # refine index -> ascending sigmas, clean -> sigma_{i+1}
+    # refine index -> a noise draw after the last T2V step, made and not used (the authors' LCM scheduler
+    # draws one whenever its grid goes on; drawing it too keeps every later draw in their order)
+    t2v_unused_draw: dict[int, bool] = dataclasses.field(default_factory=dict)
 
     def is_last(self, index: int) -> bool:
         return index == self.refine_at[-1]
@@ -71,11 +75,21 @@ class RefinePlan:
         return self.schedule.steps + self.extra_calls(settings)
 
 
+def lcm_grid(steps: int, train_steps: int = 1000, original_steps: int = 50) -> list[int]:
+    """The timesteps of diffusers' LCMScheduler for `steps` steps (its default 50-step origin grid
+    999, 979, ..., 19, picked at floor(j * 50 / steps)): the grid the authors' AnimateLCM script steps on."""
+    if not 1 <= steps <= original_steps:
+        raise SettingsError("steps", f"the authors' AnimateLCM grid takes at most {original_steps} steps; got {steps}")
+    ratio = train_steps // original_steps
+    origin = [ratio * k - 1 for k in range(original_steps, 0, -1)]
+    return [origin[j * original_steps // steps] for j in range(steps)]
+
+
 def plan_refinement(settings: Settings, schedule: SigmaSchedule, t2i_alphas_cumprod: torch.Tensor,
-                    t2v_alphas_cumprod: torch.Tensor) -> RefinePlan:
+                    t2v_alphas_cumprod: torch.Tensor, t2v_sampler: str = "ddim") -> RefinePlan:
     """Map the refine points onto `schedule` (by noise level, see `schedule.refine_indices`) and
-    check that every refine point leaves room for the T2V steps. Raises SettingsError naming the
-    field at fault."""
+    check that every refine point leaves room for the T2V steps. `t2v_sampler` is the T2V model's
+    ("ddim" or "lcm"). Raises SettingsError naming the field at fault."""
     try:
         refine_at = refine_indices(
             settings.refine_points, schedule.sigmas, t2i_alphas_cumprod, schedule.reference_steps
@@ -87,22 +101,35 @@ def plan_refinement(settings: Settings, schedule: SigmaSchedule, t2i_alphas_cump
     # The authors' T2V grid has as many steps as the T2I schedule; ours is fixed (stride 20 by default).
     grid_steps = schedule.reference_steps if authors else settings.t2v_grid_steps
     stride = max(1, train_steps // grid_steps)
-    starts, paths = {}, {}
+    starts, timesteps, paths, unused_draws = {}, {}, {}, {}
     for i in refine_at:
         if authors:  # their SDEdit noises to the T2I's timestep t_i on the T2V table, whatever its noise level
             start = min(nearest_timestep(t2i_alphas_cumprod, schedule.sigmas[i]), train_steps - 1)
         else:  # the T2V timestep with the noise level the T2I sampler is at
             start = nearest_timestep(t2v_alphas_cumprod, schedule.sigmas[i])
-        room = start // stride + 1
-        if settings.t2v_steps > room:
-            raise SettingsError(
-                "t2v_steps",
-                f"{settings.t2v_steps} T2V steps do not fit after the refine point at step {i} of {schedule.steps} "
-                f"(T2V timestep {start}: room for {room} steps of {stride}); lower the T2V steps or refine earlier",
-            )
         starts[i] = start
+        if authors and t2v_sampler == "lcm":
+            # their AnimateLCM steps on the LCM scheduler's grid from the T2I's step index i
+            grid = lcm_grid(schedule.reference_steps, train_steps)
+            if i + settings.t2v_steps > len(grid):
+                raise SettingsError(
+                    "t2v_steps", f"{settings.t2v_steps} T2V steps from step {i} run past the end of the "
+                    f"{len(grid)}-step LCM grid; lower the T2V steps or refine earlier",
+                )
+            timesteps[i] = tuple(grid[i : i + settings.t2v_steps])
+            unused_draws[i] = i + settings.t2v_steps < len(grid)
+        else:
+            room = start // stride + 1
+            if settings.t2v_steps > room:
+                raise SettingsError(
+                    "t2v_steps",
+                    f"{settings.t2v_steps} T2V steps do not fit after the refine point at step {i} of "
+                    f"{schedule.steps} (T2V timestep {start}: room for {room} steps of {stride}); lower the T2V "
+                    "steps or refine earlier",
+                )
+            timesteps[i] = tuple(start - k * stride for k in range(settings.t2v_steps))
         paths[i] = inversion_path(schedule.sigmas, i + 1, schedule.clean_sigma, settings.inversion_steps or None)
-    return RefinePlan(schedule, refine_at, starts, stride, paths)
+    return RefinePlan(schedule, refine_at, starts, timesteps, paths, unused_draws)
 
 
 def latent_projectors(t2i_codec: VaeCodec, t2i_space: LatentSpace, t2v: T2VBackend, mode: str = "auto"):
@@ -171,12 +198,12 @@ class Refiner:
             clean = self.t2v.denoise(
                 clean,
                 self.plan.t2v_start[index],
-                self.settings.t2v_steps,
-                self.plan.t2v_stride,
+                self.plan.t2v_timesteps[index],
                 self.prompts,
                 self.settings.t2v_guidance,
                 self.noise,
                 before_call=lambda: self.before_call("t2v"),
+                unused_draw=self.plan.t2v_unused_draw.get(index, False),
             )
         if self.to_t2i is not None:
             clean = self.to_t2i(clean)

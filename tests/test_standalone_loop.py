@@ -44,8 +44,8 @@ class StubT2V(T2VBackend):
 class EchoT2V(StubT2V):
     """Returns the clean latent it is given: isolates what the orchestrator itself does."""
 
-    def denoise(self, clean, start, steps, stride, prompts, guidance, noise, before_call=None):
-        self.seen = dict(start=start, steps=steps, stride=stride)
+    def denoise(self, clean, start, timesteps, prompts, guidance, noise, before_call=None, unused_draw=False):
+        self.seen = dict(start=start, timesteps=list(timesteps))
         return clean
 
 
@@ -196,7 +196,43 @@ def test_orchestrator_with_an_echo_t2v_filters_except_at_the_last_step():
     assert torch.equal(refiner.refine_clean(10, clean), clean)  # last refine: no filter, echo T2V
     assert torch.allclose(refiner.refine_clean(2, clean), temporal_lowpass(clean, settings.filter_spec()))
     # T2V noise level: the T2V timestep with the T2I's sigma (same table here), stride 1000/50
-    assert t2v.seen == dict(start=1000 // 20 * (20 - 1 - 2) + 1, steps=8, stride=20)
+    start = 1000 // 20 * (20 - 1 - 2) + 1
+    assert t2v.seen == dict(start=start, timesteps=[start - 20 * k for k in range(8)])
+
+
+def test_compat_authors_steps_animatelcm_on_the_lcm_grid_from_the_t2i_step():
+    """The authors' AnimateLCM: noise at the T2I's timestep t_i on the linear table, then LCM steps on
+    diffusers' LCMScheduler grid for S steps from index i (at S = 12, i = 2: noise at 748, steps at 839
+    and 759, as measured on their pipeline)."""
+    t2v = EchoT2V(beta_schedule="linear")
+    t2v.sampler = "lcm"
+    schedule = ddim_schedule(alphas_cumprod(), 12)
+    plan = plan_refinement(Settings(frames=2, refine_points="10", t2v_steps=2, compat="authors"), schedule,
+                           alphas_cumprod(), t2v.alphas_cumprod, "lcm")
+    assert plan.refine_at == (2,)
+    assert plan.t2v_start[2] == 748 and plan.t2v_timesteps[2] == (839, 759)
+    from lib_elevator.elevator import lcm_grid
+
+    assert lcm_grid(12) == [999, 919, 839, 759, 679, 599, 499, 419, 339, 259, 179, 99]
+    assert plan.t2v_unused_draw == {2: True}  # their scheduler draws after the last step, the grid goes on
+    # ... and so does the backend, so every later draw keeps the authors' order
+    draws = []
+
+    class Counting(TorchNoise):
+        def randn(self, shape):
+            draws.append(shape)
+            return super().randn(shape)
+
+    lcm = StubT2V("linear")
+    lcm.sampler = "lcm"
+    prompts = lcm.encode_prompt("p", "n")
+    lcm.denoise(torch.zeros(2, 4, 4, 4), 748, (839, 759), prompts, 2.0, Counting(0))
+    assert len(draws) == 2  # SDEdit noise, one LCM re-noise
+    lcm.denoise(torch.zeros(2, 4, 4, 4), 748, (839, 759), prompts, 2.0, Counting(0), unused_draw=True)
+    assert len(draws) == 5
+    with pytest.raises(SettingsError, match="t2v_steps: 3 T2V steps from step 10 run past the end"):
+        plan_refinement(Settings(frames=2, refine_points="2", t2v_steps=3, compat="authors"), schedule,
+                        alphas_cumprod(), t2v.alphas_cumprod, "lcm")
 
 
 def test_orchestrator_maps_noise_levels_between_different_tables():

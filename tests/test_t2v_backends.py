@@ -243,9 +243,9 @@ def test_denoise_is_seeded(models):
     prompts = zs.encode_prompt("a boat", "")
     clean = frames(3)
     with torch.no_grad():
-        a = zs.denoise(clean, 581, 3, 20, prompts, 7.5, TorchNoise(5))
-        b = zs.denoise(clean, 581, 3, 20, prompts, 7.5, TorchNoise(5))
-        c = zs.denoise(clean, 581, 3, 20, prompts, 7.5, TorchNoise(6))
+        a = zs.denoise(clean, 581, [581, 561, 541], prompts, 7.5, TorchNoise(5))
+        b = zs.denoise(clean, 581, [581, 561, 541], prompts, 7.5, TorchNoise(5))
+        c = zs.denoise(clean, 581, [581, 561, 541], prompts, 7.5, TorchNoise(6))
     assert a.shape == clean.shape and a.dtype == torch.float32
     assert torch.equal(a, b)
     assert not torch.allclose(a, c)
@@ -271,7 +271,7 @@ def test_ddim_denoise_matches_diffusers(models, name, schedule):
         timestep_spacing="leading",
     )
     scheduler.set_timesteps(50)
-    timesteps = backend.sdedit_timesteps(start, steps, stride)
+    timesteps = [start - k * stride for k in range(steps)]
     assert set(timesteps) <= set(scheduler.timesteps.tolist())
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -281,7 +281,7 @@ def test_ddim_denoise_matches_diffusers(models, name, schedule):
             out = scheduler.step(eps, t, x)
             x = out.prev_sample
         reference = out.pred_original_sample
-        ours = backend.denoise(clean, start, steps, stride, prompts, guidance, TorchNoise(seed))
+        ours = backend.denoise(clean, start, timesteps, prompts, guidance, TorchNoise(seed))
     torch.testing.assert_close(ours, reference, rtol=1e-4, atol=1e-4)
 
 
@@ -296,7 +296,7 @@ def test_lcm_denoise_matches_diffusers(models):
     scheduler = LCMScheduler(
         num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="linear", timestep_scaling=10.0
     )
-    timesteps = backend.sdedit_timesteps(start, steps, stride)
+    timesteps = [start - k * stride for k in range(steps)]
     scheduler.set_timesteps(timesteps=timesteps)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -306,7 +306,7 @@ def test_lcm_denoise_matches_diffusers(models):
             out = scheduler.step(eps, t, x, generator=generator)
             x = out.prev_sample
         reference = out.denoised
-        ours = backend.denoise(clean, start, steps, stride, prompts, guidance, TorchNoise(seed))
+        ours = backend.denoise(clean, start, timesteps, prompts, guidance, TorchNoise(seed))
     torch.testing.assert_close(ours, reference, rtol=1e-4, atol=1e-4)
 
 

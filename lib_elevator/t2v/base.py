@@ -82,31 +82,25 @@ class T2VBackend(ABC):
             out = math.sqrt(a) * out + math.sqrt(1 - a) * x
         return out
 
-    def sdedit_timesteps(self, start: int, steps: int, stride: int) -> list[int]:
-        ts = [start - k * stride for k in range(steps)]
-        if steps < 1 or ts[-1] < 0:
-            room = start // stride + 1
-            raise ValueError(
-                f"the T2V model can take only {room} step(s) of {stride} timesteps from timestep {start}; "
-                f"{steps} were asked for (lower the T2V steps or refine earlier)"
-            )
-        return ts
-
     def denoise(
         self,
         clean: torch.Tensor,
         start: int,
-        steps: int,
-        stride: int,
+        timesteps,
         prompts: PromptPair,
         guidance: float,
         noise: NoiseSource,
         before_call: Callable[[], None] | None = None,
+        unused_draw: bool = False,
     ) -> torch.Tensor:
-        """SDEdit: noise the clean frames (F, C, h, w) to timestep `start` of this model's table,
-        take `steps` denoising steps `stride` timesteps apart, and return the clean prediction of
-        the last step (float32, (F, C, h, w))."""
-        timesteps = self.sdedit_timesteps(start, steps, stride)
+        """SDEdit: noise the clean frames (F, C, h, w) to timestep `start` of this model's table, take
+        a denoising step at each of `timesteps` (descending, normally `start` and then the grid below
+        it), and return the clean prediction of the last step (float32, (F, C, h, w)).
+        `unused_draw`: an LCM model draws its step noise after the last step too and drops it (what
+        the authors' scheduler does), so later draws keep their order."""
+        timesteps = [int(t) for t in timesteps]
+        if not timesteps or min(timesteps) < 0:
+            raise ValueError(f"SDEdit needs non-negative timesteps; got {timesteps}")
         table = self.alphas_cumprod
         a = table[start].item()
         clean = clean.to(working_dtype(clean))
@@ -121,6 +115,8 @@ class T2VBackend(ABC):
             if self.sampler == "lcm":
                 prediction = lcm_boundary(x, prediction, t)
             if k == len(timesteps) - 1:
+                if unused_draw and self.sampler == "lcm":
+                    noise.randn(tuple(x.shape))
                 break  # the last step's clean prediction is the result
             t_next = timesteps[k + 1]
             a_next = table[t_next].item()
