@@ -64,6 +64,11 @@ class T2VBackend(ABC):
     def to(self, device=None, dtype=None) -> T2VBackend:
         """Move the model (offloading = `.to("cpu")`)."""
 
+    def signal_scale(self, timestep: int) -> float:
+        """s_t of a model trained with a rescaled signal, x_t = s_t sqrt(abar_t) x0 + sqrt(1 - abar_t) eps
+        (VideoCrafter2); 1 for the others. The UNet never sees it: noising and the DDIM update apply it."""
+        return 1.0
+
     # ------------------------------------------------------------------------------------------
 
     def predict_noise(self, frames: torch.Tensor, timestep: int, prompts: PromptPair, guidance: float) -> torch.Tensor:
@@ -101,17 +106,18 @@ class T2VBackend(ABC):
         timesteps = [int(t) for t in timesteps]
         if not timesteps or min(timesteps) < 0:
             raise ValueError(f"SDEdit needs non-negative timesteps; got {timesteps}")
-        table = self.alphas_cumprod
+        table, scale = self.alphas_cumprod, self.signal_scale
         a = table[start].item()
         clean = clean.to(working_dtype(clean))
-        x = math.sqrt(a) * clean + math.sqrt(1 - a) * noise.randn(tuple(clean.shape)).to(clean.device, clean.dtype)
+        draw = noise.randn(tuple(clean.shape)).to(clean.device, clean.dtype)
+        x = scale(start) * math.sqrt(a) * clean + math.sqrt(1 - a) * draw
         prediction = clean
         for k, t in enumerate(timesteps):
             if before_call is not None:
                 before_call()
             eps = self.predict_noise(x, t, prompts, guidance).to(x.device)
             a_t = table[t].item()
-            prediction = (x - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)
+            prediction = (x - math.sqrt(1 - a_t) * eps) / (math.sqrt(a_t) * scale(t))
             if self.sampler == "lcm":
                 prediction = lcm_boundary(x, prediction, t)
             if k == len(timesteps) - 1:
@@ -120,12 +126,11 @@ class T2VBackend(ABC):
                 break  # the last step's clean prediction is the result
             t_next = timesteps[k + 1]
             a_next = table[t_next].item()
+            signal = scale(t_next) * math.sqrt(a_next) * prediction
             if self.sampler == "lcm":  # consistency step: re-noise the clean estimate
-                x = math.sqrt(a_next) * prediction + math.sqrt(1 - a_next) * noise.randn(tuple(x.shape)).to(
-                    x.device, x.dtype
-                )
+                x = signal + math.sqrt(1 - a_next) * noise.randn(tuple(x.shape)).to(x.device, x.dtype)
             else:  # DDIM, eta = 0
-                x = math.sqrt(a_next) * prediction + math.sqrt(1 - a_next) * eps
+                x = signal + math.sqrt(1 - a_next) * eps
         return prediction
 
 
