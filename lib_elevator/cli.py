@@ -1,4 +1,5 @@
-"""Command line: `python -m lib_elevator generate ...`, `... generate --demo`, `... models DIR`.
+"""Command line: `python -m lib_elevator generate ...`, `... generate --demo`, `... models DIR`,
+`... convert PATH` (a pickled single-file T2V model -> a local .safetensors).
 
 Errors in what the user gave (paths, settings) print one line and exit with status 2; there is
 no traceback for those.
@@ -40,9 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--t2i", help="T2I model: diffusers folder or SD1.5/SD2.1/SDXL checkpoint file")
     gen.add_argument(
         "--t2v",
-        help="T2V model: ZeroScope/ModelScope diffusers folder, AnimateDiff motion module, " "or AnimateLCM folder",
+        help="T2V model: ZeroScope/ModelScope diffusers folder, AnimateDiff motion module, AnimateLCM folder, "
+        "VideoCrafter2 model.ckpt, or LaVie lavie_base.pt (converted .safetensors, or their folders)",
     )
-    gen.add_argument("--t2v-base", help="SD1.5 base for AnimateDiff/AnimateLCM (default: the T2I model when it is SD1)")
+    gen.add_argument(
+        "--t2v-base",
+        help="SD1.x base for AnimateDiff/AnimateLCM and LaVie's text encoder/VAE (default: the T2I model when it is SD1)",
+    )
     gen.add_argument(
         "--lora",
         action="append",
@@ -90,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="authors: reproduce the authors' code (their inversion anchor groups and prompt, T2V step grid "
         "and SDEdit start, filter masks; see docs/algorithm.md)",
     )
+    gen.add_argument("--t2v-fps", type=int, help="frame rate a VideoCrafter2 model is conditioned on (default 28)")
     gen.add_argument("--t2v-prompt", help="prompt for the T2V model (default: --prompt)")
     gen.add_argument("--t2v-negative-prompt", help="negative prompt for the T2V model (default: --negative-prompt)")
     gen.add_argument("--fps", type=int, default=8)
@@ -109,6 +115,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = sub.add_parser("models", help="list the T2V models found in folders")
     models.add_argument("folders", nargs="+")
+
+    convert = sub.add_parser(
+        "convert",
+        help="write a VideoCrafter2 or LaVie checkpoint as a local .safetensors (loads faster, no --allow-pickle)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    convert.add_argument(
+        "path", help="the model: a VideoCrafter2 model.ckpt or LaVie lavie_base.pt, or the folder holding it"
+    )
+    convert.add_argument(
+        "--out",
+        help="the .safetensors to write (default: beside the source, <stem>.fp16.safetensors for float16)",
+    )
+    convert.add_argument("--dtype", choices=["float16", "float32"], default="float16", help="dtype of the file written")
+    convert.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="read a pickled source (.ckpt) with torch's restricted weights-only loader; the file written needs no "
+        "opt-in",
+    )
     return parser
 
 
@@ -131,6 +157,7 @@ def settings_from_args(args) -> Settings:
             "t2v_prompt",
             "t2v_negative_prompt",
             "compat",
+            "t2v_fps",
         )
         if getattr(args, name) is not None
     }
@@ -243,10 +270,53 @@ def run_models(args) -> int:
     return 0
 
 
+# T2V kinds that `convert` handles: kind -> (module, function(path, out, dtype, allow_pickle) -> written path).
+CONVERTERS = {
+    "videocrafter2": ("lib_elevator.t2v.videocrafter", "convert_checkpoint"),
+    "lavie": ("lib_elevator.t2v.lavie", "convert_checkpoint"),
+}
+
+
+def run_convert(args) -> int:
+    import importlib
+
+    import torch
+
+    from lib_elevator.errors import ModelError
+    from lib_elevator.t2v.registry import detect_t2v_kind
+    from lib_elevator.weights import PickleRefusedError
+
+    try:
+        kind = detect_t2v_kind(args.path, args.allow_pickle)
+    except PickleRefusedError:
+        raise SettingsError(
+            "--allow-pickle",
+            f"{args.path} holds pickled weights; converting means reading them once, so add --allow-pickle (they are "
+            "read with torch's restricted weights-only loader, and the .safetensors written needs no opt-in)",
+        ) from None
+    if kind not in CONVERTERS:
+        raise ModelError(
+            f"{args.path} ({kind}): there is nothing to convert; convert handles "
+            f"{', '.join(CONVERTERS)} checkpoints, and this model loads as it is"
+        )
+    module, function = CONVERTERS[kind]
+    started = time.time()
+    print(f"converting {kind} {args.path}", file=sys.stderr)
+    out = getattr(importlib.import_module(module), function)(
+        args.path, args.out, getattr(torch, args.dtype), args.allow_pickle
+    )
+    print(out)
+    print(f"{os.path.getsize(out) / 2**30:.2f} GiB in {time.time() - started:.1f} s", file=sys.stderr)
+    return 0
+
+
+COMMANDS = {"generate": run_generate, "models": run_models, "convert": run_convert}
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return run_generate(args) if args.command == "generate" else run_models(args)
+        return COMMANDS[args.command](args)
     except (SettingsError, ValueError, OSError) as e:  # bad settings or model files: say what, no traceback
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -4,7 +4,10 @@ Names match the WebUI API's public names. Defaults follow the paper (ZeroScope s
 at 10/30/50/70 % of the schedule, N = 8 T2V steps, T2V guidance 7.5, alpha = 1, gaussian filter
 d_s = 1.0, d_t = 0.4, full inversion, PnP correction on. The AnimateLCM preset is the authors'
 AnimateLCM script: refine at 26, 21, 15, 9 steps remaining of 30 (= 13/30/50/70 %), N = 6,
-T2V guidance 2.0, alpha = 0.5, d_t = 0.6 (run it with 30 steps).
+T2V guidance 2.0, alpha = 0.5, d_t = 0.6 (run it with 30 steps). The VideoCrafter2 preset is the
+ZeroScope one with VideoCrafter2's own T2V guidance, 12 (docs/algorithm.md, "VideoCrafter2 backend").
+The LaVie preset is the authors' LaVie example: refine at 45, 35, 30, 25, 20, 15 steps remaining of 50,
+N = 8, alpha = 1, d_t = 0.5 (docs/algorithm.md, "LaVie backend").
 """
 
 from __future__ import annotations
@@ -44,8 +47,37 @@ PRESETS: dict[str, dict] = {
         filter_spatial=1.0,
         filter_temporal=0.6,
     ),
+    # VideoCrafter2: no authors' setting exists (their scripts cover ZeroScope, LaVie, AnimateLCM). VC2 is,
+    # like ZeroScope, a 1000-step epsilon model sampled with 50 DDIM steps and made for 16 frames, so the
+    # paper's ZeroScope refine points, N, alpha and filter carry over unchanged (the filter acts on the image
+    # model's frames, alpha on its initial noise). Only the T2V guidance is VC2's own: its official sampler uses
+    # 12 (ZeroScope's 7.5 is the paper's single guidance for both models), and the T2V guidance only acts in the
+    # T2V steps, so the value VC2 was tuned to be sampled with is the one to start from. Untested on the real
+    # weights. Its other defaults are not preset fields: 320x512 (height x width; pass the size) and the fps
+    # condition 28 (the backend's default).
+    "VideoCrafter2-like": dict(
+        refine_points="10%,30%,50%,70%",
+        t2v_steps=8,
+        t2v_guidance=12.0,
+        noise_mix=1.0,
+        filter_method="gaussian",
+        filter_spatial=1.0,
+        filter_temporal=0.4,
+    ),
+    # LaVie base: the authors' LaVie example. 50 steps, refine at 45, 35, 30, 25, 20, 15 steps remaining,
+    # N = 8, alpha = 1, temporal cut-off 0.5. Their 512x512, 16 frames are job settings, not preset fields.
+    "LaVie-like": dict(
+        refine_points="45,35,30,25,20,15",
+        t2v_steps=8,
+        t2v_guidance=7.5,
+        noise_mix=1.0,
+        filter_method="gaussian",
+        filter_spatial=1.0,
+        filter_temporal=0.5,
+    ),
 }
-PRESET_STEPS = {"ZeroScope-like": 50, "AnimateLCM-like": 30}  # T2I steps the presets were tuned for
+# T2I steps the presets were tuned for (VideoCrafter2's official sampler: DDIM, 50 steps)
+PRESET_STEPS = {"ZeroScope-like": 50, "AnimateLCM-like": 30, "VideoCrafter2-like": 50, "LaVie-like": 50}
 
 
 @dataclass(frozen=True)
@@ -67,6 +99,7 @@ class Settings:
     t2v_grid_steps: int = 50  # T2V steps are 1000 / 50 = 20 timesteps apart, as in the paper
     latent_projection: str = "auto"
     compat: str = "none"
+    t2v_fps: int = 28  # the frame rate a T2V model is conditioned on (VideoCrafter2); the others ignore it
     fps: int = 8
     formats: tuple[str, ...] = field(default=("MP4",))
 
@@ -159,6 +192,11 @@ class Settings:
             "frames",
             f"compat=authors needs an even frame count (the authors' inversion splits the frames in two halves); "
             f"got {self.frames!r}",
+        )
+        need(
+            isinstance(self.t2v_fps, int) and 1 <= self.t2v_fps <= 60,
+            "t2v_fps",
+            f"must be between 1 and 60; got {self.t2v_fps!r}",
         )
         need(isinstance(self.fps, int) and 1 <= self.fps <= 60, "fps", f"must be between 1 and 60; got {self.fps!r}")
         need(

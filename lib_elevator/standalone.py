@@ -149,6 +149,8 @@ def generate(
         else t2i.encode_prompt(inversion_text, job.height, job.width, negative=True)
     )
     invert = t2i.denoiser(inversion_cond.repeat(frames))
+    if t2v.fps is not None:
+        t2v.fps = settings.t2v_fps
     t2v_prompts = t2v.encode_prompt(
         settings.t2v_prompt or job.prompt, settings.t2v_negative_prompt or job.negative_prompt, device
     )

@@ -2,7 +2,8 @@
 
 - `read_state_dict(path)`: the tensors of a .safetensors file, or of a pickled .ckpt/.pt/.pth/.bin
   when the caller opts in (`allow_pickle`); pickles are then read with torch's restricted
-  weights-only unpickler, never a full one.
+  weights-only unpickler, never a full one; `mmap=True` maps their tensors from the file. A truncated
+  file, or a pickle that needs more than tensors, is named as such.
 - `tensor_names(path)`: the tensor names without loading the tensors (the safetensors header, or
   the strings of a torch zip pickle read opcode by opcode: nothing is executed).
 - `unwrap_state_dict(obj)`: the weights inside the containers training code saves them in
@@ -19,6 +20,8 @@ import importlib.util
 import json
 import os
 import pickletools
+import re
+import struct
 import zipfile
 
 import torch
@@ -48,8 +51,10 @@ def is_pickle(path: str) -> bool:
     return os.path.splitext(path)[1].lower() in PICKLE_EXTENSIONS
 
 
-def read_state_dict(path: str, allow_pickle: bool = False) -> dict:
-    """The top-level object of a weights file (a dict of tensors, or a container of one)."""
+def read_state_dict(path: str, allow_pickle: bool = False, mmap: bool = False) -> dict:
+    """The top-level object of a weights file (a dict of tensors, or a container of one).
+    `mmap`: map a pickle's tensors from the file instead of reading them (torch zip files; a legacy
+    pickle is read whole), so a caller keeping a few of a large file's tensors never holds the rest."""
     if not os.path.isfile(path):
         raise ModelError(f"weights file {path} does not exist")
     extension = os.path.splitext(path)[1].lower()
@@ -59,20 +64,50 @@ def read_state_dict(path: str, allow_pickle: bool = False) -> dict:
         try:
             return load_file(path)
         except Exception as error:  # safetensors raises its own error types for damaged headers
-            raise ModelError(f"{path} is not a readable safetensors file: {error}") from None
+            raise ModelError(f"{path} is not a readable safetensors file: {_damage(path, error)}{error}") from None
     if extension in PICKLE_EXTENSIONS:
         if not allow_pickle:
             raise pickle_refused(path)
         try:
-            loaded = torch.load(path, map_location="cpu", weights_only=True)
+            # mmap needs torch's zip format; a truncated zip is no zip either and fails below.
+            loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
         except Exception as error:
-            raise ModelError(f"{path} could not be read by the restricted (weights-only) loader: {error}") from None
+            raise ModelError(f"{path} {_pickle_problem(path, error)}") from None
         if not isinstance(loaded, dict):
             raise ModelError(f"{path} does not hold a state dict (found a {type(loaded).__name__})")
         return loaded
     raise ModelError(
         f"{path}: unsupported weights file type {extension or '(none)'!r} (expected {', '.join(WEIGHT_EXTENSIONS)})"
     )
+
+
+# What torch and safetensors say about a file that ends early (an interrupted download or copy).
+_TRUNCATION_SIGNS = ("central directory", "failed reading zip archive", "MetadataIncompleteBuffer",
+                     "InvalidHeaderLength", "HeaderTooSmall", "unexpected EOF", "Ran out of input")
+
+
+def _damage(path: str, error: Exception) -> str:
+    """A short diagnosis to put before a reader's own message: truncation, or nothing."""
+    text = str(error)
+    if isinstance(error, (EOFError, struct.error)) or any(sign in text for sign in _TRUNCATION_SIGNS):
+        return f"it is truncated or damaged ({os.path.getsize(path):,} bytes; an incomplete download?): "
+    return ""
+
+
+def _pickle_problem(path: str, error: Exception) -> str:
+    """Why torch's weights-only loader refused a pickle, briefly (its own message is a page long)."""
+    text = str(error)
+    refused = re.search(r"GLOBAL (\S+) was not an allowed global|Unsupported global: GLOBAL (\S+)", text)
+    if refused or "Weights only load failed" in text:
+        what = f" (it pickles {refused.group(1) or refused.group(2)})" if refused else ""
+        return (
+            f"holds more than tensors{what}, which the restricted weights-only loader refuses to unpickle: save "
+            "its state dict on its own (with code you trust), or use the published weights file"
+        )
+    damage = _damage(path, error)
+    if damage:
+        return ("is not readable: " + damage + text.split("\n")[0].split(". ")[0][:200]).rstrip(": ")
+    return f"could not be read by the restricted (weights-only) loader: {error}"
 
 
 def unwrap_state_dict(loaded: dict) -> dict[str, torch.Tensor]:
@@ -104,7 +139,7 @@ def tensor_names(path: str) -> list[str] | None:
             with safe_open(path, framework="pt") as f:
                 return list(f.keys())
         except Exception as error:
-            raise ModelError(f"{path} is not a readable safetensors file: {error}") from None
+            raise ModelError(f"{path} is not a readable safetensors file: {_damage(path, error)}{error}") from None
     if not zipfile.is_zipfile(path):
         return None
     with zipfile.ZipFile(path) as archive:

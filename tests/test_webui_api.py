@@ -140,6 +140,8 @@ def test_offload_policy(webui, policy, flags, sdxl, expected):
 
 
 class Loaded:
+    supports_forward_chunking, fps = False, None
+
     def __init__(self, path, base, device, dtype):
         self.path, self.base, self.device, self.dtype = path, base, device, dtype
         self.moves = []
@@ -152,10 +154,11 @@ class Loaded:
 
 def test_t2v_models_are_loaded_once_and_one_at_a_time(webui, folders, monkeypatch):
     models = webui.adapter("models")
-    loads = []
+    loads, pickles = [], []
 
-    def load_t2v(path, base=None, device="cpu", dtype=torch.float32):
+    def load_t2v(path, base=None, device="cpu", dtype=torch.float32, allow_pickle=False):
         loads.append(path)
+        pickles.append(allow_pickle)
         return Loaded(path, base, device, dtype)
 
     monkeypatch.setattr(models, "load_t2v", load_t2v)
@@ -175,6 +178,11 @@ def test_t2v_models_are_loaded_once_and_one_at_a_time(webui, folders, monkeypatc
     assert webui.devices.gc_calls == gc + 1
     models.get_t2v(models.resolve("zs"))
     assert len(loads) == 4
+    # pickled weights are read only when Settings > VideoElevator says so
+    webui.shared.opts.data["videoelevator_allow_pickle"] = True
+    models.unload()
+    models.get_t2v(models.resolve("zs"))
+    assert pickles == [False] * 4 + [True]
 
 
 def test_motion_modules_plug_into_the_loaded_sd1_checkpoint(webui, folders, monkeypatch, tmp_path):
@@ -190,7 +198,8 @@ def test_motion_modules_plug_into_the_loaded_sd1_checkpoint(webui, folders, monk
     monkeypatch.setattr(
         models,
         "load_t2v",
-        lambda path, base=None, device="cpu", dtype=None: loads.append(base) or Loaded(path, base, device, dtype),
+        lambda path, base=None, device="cpu", dtype=None, allow_pickle=False: loads.append(base)
+        or Loaded(path, base, device, dtype),
     )
     module = models.resolve("mm_sd_v15_v2.safetensors")
     webui.shared.sd_model = SimpleNamespace(is_sd1=False, sd_checkpoint_info=SimpleNamespace(filename="x"))

@@ -20,7 +20,7 @@ DEFAULT = Settings()
 POSITIONAL = (
     "enable", "t2v_model", "frames", "preset", "refine_points", "t2v_steps", "t2v_guidance", "noise_mix",
     "filter_method", "filter_spatial", "filter_temporal", "anchor", "inversion_steps", "pnp", "t2v_prompt",
-    "t2v_negative_prompt", "fps", "formats", "inversion_prompt", "compat",
+    "t2v_negative_prompt", "fps", "formats", "inversion_prompt", "compat", "t2v_fps",
 )  # fmt: skip
 # A value for every argument, none of them its default, in UI order.
 CUSTOM = {
@@ -44,6 +44,7 @@ CUSTOM = {
     "formats": ["GIF", "PNG"],
     "inversion_prompt": "negative",
     "compat": "authors",
+    "t2v_fps": 16,
 }
 
 
@@ -107,14 +108,17 @@ def test_missing_trailing_positions_take_the_defaults_and_extra_ones_are_ignored
     assert args.from_positional([]) == args.from_positional([False])
     assert args.from_positional([]).settings == DEFAULT
     # a client of the 19 arguments before `compat` existed keeps working, with compat off
-    before_compat = args.from_positional(list(CUSTOM.values())[:-1])
-    assert before_compat.settings == args.from_positional(list(CUSTOM.values())).settings.replace(compat="none")
+    before_compat = args.from_positional(list(CUSTOM.values())[:19])
+    assert before_compat.settings == args.from_positional(list(CUSTOM.values())).settings.replace(
+        compat="none", t2v_fps=args.DEFAULTS["t2v_fps"]
+    )
 
 
 @pytest.mark.parametrize("mode", COMPAT_MODES)
 def test_compat_is_accepted_in_every_form(mode):
     named = args.from_named({"enable": True, "compat": mode})
-    positional = args.from_positional([*(c.default for c in args.CONTROLS[:-1]), mode])
+    index = args.ARG_NAMES.index("compat")
+    positional = args.from_positional([*(c.default for c in args.CONTROLS[:index]), mode])
     assert named.settings.compat == positional.settings.compat == mode
     assert args.from_positional([{"compat": f" {mode} "}]).settings.compat == mode
     assert json.loads(args.to_infotext(named))["compat"] == mode

@@ -291,6 +291,8 @@ def test_the_settings_section(webui):
         "videoelevator_outdir",
         "videoelevator_offload",
         "videoelevator_default_formats",
+        "videoelevator_allow_pickle",
+        "videoelevator_t2v_ff_chunk",
     }
     assert all(info.section == ("videoelevator", "VideoElevator") for info in ours.values())
     assert {key: shared.opts.data[key] for key in ours} == {
@@ -298,6 +300,8 @@ def test_the_settings_section(webui):
         "videoelevator_outdir": "",
         "videoelevator_offload": "auto",
         "videoelevator_default_formats": ["MP4"],
+        "videoelevator_allow_pickle": False,
+        "videoelevator_t2v_ff_chunk": 0,
     }
     assert ours["videoelevator_offload"].component_args["choices"] == ["auto", "always", "never"]
     assert {"videoelevator_model_dir", "videoelevator_outdir"} <= shared.restricted_opts

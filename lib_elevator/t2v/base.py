@@ -48,6 +48,8 @@ class T2VBackend(ABC):
     dtype: torch.dtype = torch.float32
     # Backends whose UNet can run its feed-forward layers in chunks (`enable_forward_chunking`).
     supports_forward_chunking: bool = False
+    # The frame rate the model is conditioned on, for models that take one (VideoCrafter2); None otherwise.
+    fps: int | None = None
 
     @abstractmethod
     def encode_prompt(self, prompt: str, negative_prompt: str, device: torch.device | None = None) -> PromptPair:

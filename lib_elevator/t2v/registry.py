@@ -5,8 +5,12 @@ Recognised:
 - "animatediff": an AnimateDiff motion-module file (.safetensors, or a pickled .ckpt) or a
   diffusers MotionAdapter folder;
 - "animatelcm": an AnimateLCM MotionAdapter folder (it holds the LCM LoRA), or an AnimateLCM
-  motion-module file with its LCM LoRA next to it.
-AnimateDiff kinds need a SD1.5 base model to plug into.
+  motion-module file with its LCM LoRA next to it;
+- "videocrafter2": a VideoCrafter2 checkpoint file (the published model.ckpt, or its converted
+  .safetensors), or a folder holding one (see `t2v.videocrafter.folder_weights`);
+- "lavie": a LaVie base weights file (the published lavie_base.pt, or its converted .safetensors), or a
+  folder holding one (see `t2v.lavie.folder_weights`).
+AnimateDiff kinds need a SD1.5 base model to plug into; LaVie takes a SD1.x model's text encoder and VAE.
 
 Detection raises `NotT2VModel` for things that are not T2V models at all (a LoRA, a text file), and
 a plain `ModelError` for T2V models that cannot run here (a PIA motion module, a pickle without
@@ -21,11 +25,12 @@ import os
 import torch
 
 from lib_elevator.errors import ModelError, UserError, as_model_error
+from lib_elevator.t2v import lavie, videocrafter
 from lib_elevator.t2v.animatediff import ANIMATELCM_LORA_NAME, AnimateDiffBackend, find_lcm_lora, motion_module_problem
 from lib_elevator.t2v.zeroscope import ZeroScopeBackend
 from lib_elevator.weights import WEIGHT_EXTENSIONS, is_pickle, pickle_refused, read_json, tensor_names
 
-NEEDS_BASE = ("animatediff", "animatelcm")
+NEEDS_BASE = ("animatediff", "animatelcm", lavie.KIND)
 # The original ModelScope release, as the sd-webui-text2video extension reads it.
 MODELSCOPE_ORIGINAL_FILES = ("text2video_pytorch_model.pth", "VQGAN_autoencoder.pth", "open_clip_pytorch_model.bin")
 
@@ -38,17 +43,17 @@ class NotT2VModel(ModelError):
 
 
 def detect_t2v_kind(path: str, allow_pickle: bool = False) -> str:
-    """ "zeroscope", "animatediff" or "animatelcm"; otherwise a ModelError naming the path and what is
+    """ "zeroscope", "animatediff", "animatelcm", "videocrafter2" or "lavie"; otherwise a ModelError naming the path and what is
     wrong (NotT2VModel when it is no T2V model at all)."""
     path = os.path.abspath(os.fspath(path))
     if not os.path.exists(path):
         raise ModelError(f"T2V model {path} does not exist")
     if os.path.isdir(path):
-        return _folder_kind(path)
+        return _folder_kind(path, allow_pickle)
     return _file_kind(path, allow_pickle)
 
 
-def _folder_kind(path: str) -> str:
+def _folder_kind(path: str, allow_pickle: bool = False) -> str:
     entries = sorted(os.listdir(path))
     if not entries:
         raise NotT2VModel(f"{path} is not a T2V model: the folder is empty")
@@ -73,6 +78,9 @@ def _folder_kind(path: str) -> str:
     if "config.json" in entries:
         config_class = read_json(os.path.join(path, "config.json")).get("_class_name")
         if config_class != "MotionAdapter":
+            kind = _single_file_folder_kind(path, allow_pickle)  # a LaVie folder's UNet config.json
+            if kind:
+                return kind
             raise NotT2VModel(
                 f"{path} is not a T2V model: its config.json describes a {config_class}, not a MotionAdapter"
             )
@@ -81,9 +89,12 @@ def _folder_kind(path: str) -> str:
                 f"{path} has a MotionAdapter config.json but no weights (diffusion_pytorch_model.safetensors)"
             )
         return _motion_kind(path)
+    kind = _single_file_folder_kind(path, allow_pickle)
+    if kind:
+        return kind
     raise NotT2VModel(
         f"{path} is not a T2V model: no model_index.json with a UNet3DConditionModel unet/ (ZeroScope/ModelScope), "
-        f"no MotionAdapter config.json (AnimateDiff/AnimateLCM), not a motion-module file "
+        f"no MotionAdapter config.json (AnimateDiff/AnimateLCM), no VideoCrafter2 or LaVie checkpoint, not a motion-module file "
         f"(found {', '.join(entries[:6])}{', ...' if len(entries) > 6 else ''})"
     )
 
@@ -102,6 +113,9 @@ def _file_kind(path: str, allow_pickle: bool) -> str:
         from lib_elevator.weights import read_state_dict, unwrap_state_dict
 
         names = list(unwrap_state_dict(read_state_dict(path, allow_pickle=True)))
+    kind = _single_file_kind(path, names, allow_pickle)
+    if kind:
+        return kind
     if not any(".motion_modules." in name for name in names):
         hint = ""
         if any(name.startswith("lora_") or ".lora_" in name or ".lora." in name for name in names):
@@ -115,6 +129,29 @@ def _file_kind(path: str, allow_pickle: bool) -> str:
     if is_pickle(path) and not allow_pickle:
         raise pickle_refused(path)
     return _motion_kind(path)
+
+
+# Models published as one whole checkpoint file. Each detector takes (path, tensor names, allow_pickle) and
+# returns its kind, None when the file is not of that model, or raises a ModelError when it is but cannot run.
+SINGLE_FILE_DETECTORS = (videocrafter.file_kind, lavie.file_kind)
+# Each takes (folder, allow_pickle) and returns its kind, None, or raises a ModelError, likewise.
+SINGLE_FILE_FOLDER_DETECTORS = (videocrafter.folder_kind, lavie.folder_kind)
+
+
+def _single_file_kind(path: str, names: list[str], allow_pickle: bool) -> str | None:
+    for detect in SINGLE_FILE_DETECTORS:
+        kind = detect(path, names, allow_pickle)
+        if kind:
+            return kind
+    return None
+
+
+def _single_file_folder_kind(path: str, allow_pickle: bool) -> str | None:
+    for detect in SINGLE_FILE_FOLDER_DETECTORS:
+        kind = detect(path, allow_pickle)
+        if kind:
+            return kind
+    return None
 
 
 def _motion_kind(path: str) -> str:
@@ -132,14 +169,18 @@ def _motion_kind(path: str) -> str:
 
 
 def load_t2v(path: str, *, base=None, device="cpu", dtype: torch.dtype = torch.float32, allow_pickle: bool = False):
-    """Load the T2V model at `path`. AnimateDiff/AnimateLCM need `base`: the SD1.5 model (a loaded
-    T2IModel of kind "sd1", or a path for `loaders.load_t2i`). Every problem with the files is a
+    """Load the T2V model at `path`. AnimateDiff/AnimateLCM and LaVie need `base`: the SD1.x model (a
+    loaded T2IModel of kind "sd1", or a path for `loaders.load_t2i`). Every problem with the files is a
     ModelError."""
     path = os.path.abspath(os.fspath(path))
     kind = detect_t2v_kind(path, allow_pickle)
     try:
         if kind == "zeroscope":
             return ZeroScopeBackend.load(path, device=device, dtype=dtype, allow_pickle=allow_pickle)
+        if kind == videocrafter.KIND:
+            return videocrafter.VideoCrafter2Backend.load(path, device=device, dtype=dtype, allow_pickle=allow_pickle)
+        if kind == lavie.KIND:
+            return lavie.LaVieBackend.load(path, base, device=device, dtype=dtype, allow_pickle=allow_pickle)
         return AnimateDiffBackend.load(path, base, device=device, dtype=dtype, allow_pickle=allow_pickle)
     except UserError:
         raise

@@ -164,6 +164,12 @@ CONTROLS: tuple[Control, ...] = (
         "compat", RADIO, "Reproduce the authors' code", _DEFAULTS.compat, section=ADVANCED, choices=COMPAT_MODES,
         tip=COMPAT_TIP,
     ),
+    Control(
+        "t2v_fps", INT_SLIDER, "T2V frame-rate condition", _DEFAULTS.t2v_fps, section=ADVANCED,
+        minimum=1, maximum=60, step=1,
+        tip="The frame rate a VideoCrafter2 model is conditioned on (its authors use 28; lower = slower motion). "
+        "Other T2V models ignore it.",
+    ),
 )
 
 BY_NAME = {control.name: control for control in CONTROLS}

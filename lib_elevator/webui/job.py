@@ -96,6 +96,8 @@ class WebUIJob(RefineHooks):
         if self.frames > getattr(self.t2v, "max_frames", self.frames):
             raise SettingsError("frames", f"the motion module {self.t2v.name} handles at most "
                                           f"{self.t2v.max_frames} frames; {self.frames} were asked for")
+        if self.t2v.fps is not None:
+            self.t2v.fps = self.settings.t2v_fps
         state.textinfo = "VideoElevator: encoding prompts"
         self.t2v_prompts = self.t2v.encode_prompt(
             plain_text(self.settings.t2v_prompt or self.p.prompts[0]),

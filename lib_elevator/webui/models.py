@@ -40,7 +40,7 @@ def list_models(include_unusable: bool = False) -> list[dict]:
     `include_unusable` also the T2V models that cannot run here, with "kind": None and "error"."""
     models, seen = [], set()
     for label, folder in model_folders():
-        for model in list_t2v_models([folder], include_unusable=include_unusable):
+        for model in list_t2v_models([folder], allow_pickle=pickles_allowed(), include_unusable=include_unusable):
             name, n = model["name"], 1
             while name in seen:  # the same name in several folders: label it, then number it
                 n += 1
@@ -67,6 +67,11 @@ def resolve(name: str) -> dict:
             raise SettingsError("t2v_model", f"{name} cannot be used: {model['error']}")
     available = ", ".join(model_names()) or f"none (put models in {main_folder()})"
     raise SettingsError("t2v_model", f"no T2V model named {name!r}; available: {available}")
+
+
+def pickles_allowed() -> bool:
+    """Settings > VideoElevator: pickled T2V weights are read (weights-only) only when the user opts in."""
+    return bool(shared.opts.data.get("videoelevator_allow_pickle", False))
 
 
 def offload_wanted() -> bool:
@@ -111,7 +116,8 @@ def get_t2v(model: dict):
             _cache.clear()
             devices.torch_gc()
             base = load_base(checkpoint, device) if checkpoint else None
-            backend = load_t2v(model["path"], base=base, device=device, dtype=devices.dtype)
+            backend = load_t2v(model["path"], base=base, device=device, dtype=devices.dtype,
+                               allow_pickle=pickles_allowed())
             del base
             _cache[key] = backend
         elif str(backend.device) != str(device):

@@ -21,6 +21,10 @@ def on_ui_settings() -> None:
     add("videoelevator_offload", shared.OptionInfo(
         "auto", "Keep the T2V model on the CPU between refine steps", gr.Radio,
         {"choices": list(OFFLOAD_POLICIES)}, section=SECTION).info("auto: with --medvram or --lowvram"))
+    add("videoelevator_allow_pickle", shared.OptionInfo(
+        False, "Read pickled T2V weights (.ckpt/.pt) with torch's weights-only loader", section=SECTION).info(
+        "VideoCrafter2 and some AnimateDiff modules ship only as pickles; without this they are listed as unusable "
+        "(or convert them: python -m lib_elevator convert)"))
     add("videoelevator_t2v_ff_chunk", shared.OptionInfo(
         0, "T2V feed-forward chunk size (0 = off)", gr.Slider, {"minimum": 0, "maximum": 64, "step": 1},
         section=SECTION).info("ZeroScope/ModelScope: less GPU memory, same result; the frame count and the latent "
