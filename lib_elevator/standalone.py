@@ -115,7 +115,7 @@ def generate(
     after every step i with the DDPM-form latents the loop continues from."""
     check_job(job, t2i, settings)
     schedule = make_schedule(job.schedule, t2i, job.steps)
-    plan = plan_refinement(settings, schedule, t2i.alphas_cumprod, t2v.alphas_cumprod, t2v.sampler)
+    plan = plan_refinement(settings, schedule, t2i.alphas_cumprod, t2v.noise_level_table, t2v.sampler)
     if on_plan is not None:
         on_plan(plan)
     noise = noise or TorchNoise(job.seed)

@@ -245,6 +245,24 @@ def test_orchestrator_maps_noise_levels_between_different_tables():
     assert start != 881 and abs(sigma_t2v / sigma_t2i - 1) < 0.01
 
 
+def test_a_rescaled_signal_is_matched_by_the_noise_to_signal_ratio_the_model_sees():
+    """VideoCrafter2 trains on x_t = s_t sqrt(abar_t) x0 + sqrt(1 - abar_t) eps (s_t = 0.7 above t = 400):
+    SDEdit must start where sqrt(1 - abar_t) / (s_t sqrt(abar_t)) is the T2I's sigma, not sigma_t."""
+
+    class Rescaled(StubT2V):
+        def signal_scale(self, timestep):
+            return 1.0 - 0.3 * min(timestep, 399) / 399
+
+    t2v = Rescaled()
+    schedule = ddim_schedule(alphas_cumprod(), 50)
+    plan = plan_refinement(Settings(frames=2, refine_points="45"), schedule, alphas_cumprod(), t2v.noise_level_table)
+    start, sigma = plan.t2v_start[5], schedule.sigmas[5]
+    a = t2v.alphas_cumprod[start].item()
+    seen = math.sqrt(1 - a) / (t2v.signal_scale(start) * math.sqrt(a))
+    assert abs(seen / sigma - 1) < 0.01 and start < 881  # the same table without s_t would give 881
+    assert torch.equal(StubT2V().noise_level_table, StubT2V().alphas_cumprod)  # s_t = 1: the table itself
+
+
 def test_orchestrator_returns_the_inversion_of_the_refined_latent():
     t2v = EchoT2V()
     schedule = ddim_schedule(alphas_cumprod(), 10, set_alpha_to_one=True)

@@ -71,6 +71,18 @@ class T2VBackend(ABC):
         (VideoCrafter2); 1 for the others. The UNet never sees it: noising and the DDIM update apply it."""
         return 1.0
 
+    @property
+    def noise_level_table(self) -> torch.Tensor:
+        """The abar table whose sigmas are this model's noise levels, to match the T2I sampler's sigma
+        with a timestep: `alphas_cumprod`, or for a rescaled signal the abar with
+        sigma_t = sqrt(1 - abar_t) / (s_t sqrt(abar_t)), the noise-to-signal ratio the model sees."""
+        table = self.alphas_cumprod
+        scales = torch.tensor([self.signal_scale(t) for t in range(len(table))], dtype=table.dtype)
+        if bool((scales == 1).all()):
+            return table
+        signal = table * scales**2
+        return signal / (signal + 1 - table)
+
     # ------------------------------------------------------------------------------------------
 
     def predict_noise(self, frames: torch.Tensor, timestep: int, prompts: PromptPair, guidance: float) -> torch.Tensor:

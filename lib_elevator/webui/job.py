@@ -121,7 +121,7 @@ class WebUIJob(RefineHooks):
         schedule = dataclasses.replace(schedule, requested_steps=self.p.steps)
         self.refine_plan = plan_refinement(self.settings, schedule,
                                            shared.sd_model.alphas_cumprod.detach().double().cpu(),
-                                           self.t2v.alphas_cumprod, self.t2v.sampler)
+                                           self.t2v.noise_level_table, self.t2v.sampler)
         self.refiner = Refiner(self.t2v, self.settings, self.refine_plan, self.t2v_prompts, self.noise,
                                to_t2v=self.to_t2v, to_t2i=self.to_t2i, before_call=self.before_call,
                                device=devices.device, offload=models.offload_wanted(), make_room=host_off_device)
