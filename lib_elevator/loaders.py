@@ -428,6 +428,8 @@ def checkpoint_kind(checkpoint: dict, path: str) -> str:
     def has(prefix: str) -> bool:
         return any(k.startswith(prefix) for k in checkpoint)
 
+    if any(".temopral_conv." in k or k.startswith(UNET_PREFIX + "fps_embedding.") for k in checkpoint):
+        raise ModelError(f"{path} is a VideoCrafter2 text-to-video checkpoint, not an image model; give it as the T2V model")
     if not has(UNET_PREFIX):
         raise ValueError(
             f"{path}: its keys match no known architecture (SD1.x, SD2.x, SDXL base in the original "

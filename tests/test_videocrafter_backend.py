@@ -501,3 +501,13 @@ def test_end_to_end_from_the_command_line(vc2, tmp_path, capsys):
     frames_dir = tmp_path / "v-frames"
     frames = np.stack([np.array(Image.open(frames_dir / name)) for name in sorted(os.listdir(frames_dir))])
     assert frames.shape == (4, 32, 32, 3) and frames.std() > 0
+
+
+def test_a_videocrafter2_checkpoint_given_as_the_image_model_is_refused(vc2):
+    """Its keys carry an OpenCLIP tower and a VAE like an SD2 checkpoint: the loader says what it is."""
+    from lib_elevator.errors import ModelError
+    from lib_elevator.loaders import load_t2i
+
+    weights = os.path.join(vc2, "model.ckpt")
+    with pytest.raises(ModelError, match="is a VideoCrafter2 text-to-video checkpoint, not an image model"):
+        load_t2i(weights, allow_pickle=True)
