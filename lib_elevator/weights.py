@@ -221,3 +221,26 @@ def read_json(path: str) -> dict:
     if not isinstance(data, dict):
         raise ModelError(f"{path} does not hold a JSON object")
     return data
+
+
+def fit_problem(expected: dict[str, torch.Size], weights: dict[str, torch.Tensor]) -> str | None:
+    """What keeps `weights` from loading strictly into a module with `expected` names and shapes."""
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    shapes = [k for k in sorted(expected) if k in weights and tuple(weights[k].shape) != tuple(expected[k])]
+
+    def some(keys: list[str]) -> str:
+        return ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
+
+    found = []
+    if missing:
+        found.append(f"{len(missing)} missing ({some(missing)})")
+    if unexpected:
+        found.append(f"{len(unexpected)} unexpected ({some(unexpected)})")
+    if shapes:
+        first = shapes[0]
+        found.append(
+            f"{len(shapes)} of another shape (e.g. {first}: {tuple(weights[first].shape)} in the file, "
+            f"{tuple(expected[first])} in the config)"
+        )
+    return "; ".join(found) or None

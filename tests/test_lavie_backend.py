@@ -506,7 +506,7 @@ def test_the_webui_plugs_the_loaded_sd1_checkpoint_in(lavie, tmp_path):
         entry = models.resolve("LaVie")
         assert entry["kind"] == "lavie"
         webui.shared.sd_model = SimpleNamespace(is_sd1=False, sd_checkpoint_info=SimpleNamespace(filename="x"))
-        with pytest.raises(SettingsError, match="need a SD1.x checkpoint"):
+        with pytest.raises(SettingsError, match="from the loaded checkpoint, which must be SD1.x"):
             models.get_t2v(entry)
         webui.shared.sd_model = SimpleNamespace(is_sd1=True, sd_checkpoint_info=SimpleNamespace(filename=checkpoint))
         loaded = models.get_t2v(entry)

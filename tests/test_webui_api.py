@@ -203,7 +203,7 @@ def test_motion_modules_plug_into_the_loaded_sd1_checkpoint(webui, folders, monk
     )
     module = models.resolve("mm_sd_v15_v2.safetensors")
     webui.shared.sd_model = SimpleNamespace(is_sd1=False, sd_checkpoint_info=SimpleNamespace(filename="x"))
-    with pytest.raises(SettingsError, match="t2v_model: AnimateDiff motion modules need a SD1.x checkpoint"):
+    with pytest.raises(SettingsError, match="t2v_model: this T2V model .* must be SD1.x"):
         models.get_t2v(module)
     checkpoint = tmp_path / "dreamy.safetensors"
     (tmp_path / "dreamy.yaml").write_text("model: {}")

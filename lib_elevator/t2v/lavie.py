@@ -41,6 +41,7 @@ from lib_elevator.t2v.base import PromptPair, T2VBackend, modules_on
 from lib_elevator.weights import (
     SAFE_EXTENSIONS,
     WEIGHT_EXTENSIONS,
+    fit_problem,
     is_pickle,
     pickle_refused,
     read_json,
@@ -288,36 +289,13 @@ def check_names(path: str, names: list[str], sample: bool = False) -> None:
         )
 
 
-def _fit_problem(expected: dict[str, torch.Size], weights: dict[str, torch.Tensor]) -> str | None:
-    """What keeps `weights` from loading strictly into a module with `expected` names and shapes."""
-    missing = sorted(set(expected) - set(weights))
-    unexpected = sorted(set(weights) - set(expected))
-    shapes = [k for k in sorted(expected) if k in weights and tuple(weights[k].shape) != tuple(expected[k])]
-
-    def some(keys: list[str]) -> str:
-        return ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
-
-    found = []
-    if missing:
-        found.append(f"{len(missing)} missing ({some(missing)})")
-    if unexpected:
-        found.append(f"{len(unexpected)} unexpected ({some(unexpected)})")
-    if shapes:
-        first = shapes[0]
-        found.append(
-            f"{len(shapes)} of another shape (e.g. {first}: {tuple(weights[first].shape)} in the file, "
-            f"{tuple(expected[first])} in the config)"
-        )
-    return "; ".join(found) or None
-
-
 def build_unet(files: LaVieFiles, weights: dict[str, torch.Tensor], freqs=None) -> net.LaVieUNet:
     """The UNet with `weights` as its parameters (built on the meta device; strict). `freqs`: the file's
     RoPE entries, checked against the constant (none at all is a conversion's layout)."""
     with torch.device("meta"):
         unet = net.LaVieUNet(files.config)
     expected = {k: v.shape for k, v in unet.state_dict().items()}
-    problem = _fit_problem(expected, weights)
+    problem = fit_problem(expected, weights)
     if problem:
         hint = "" if files.config_path else f"; a model of other sizes needs its {CONFIG_NAME} beside the weights"
         raise ModelError(f"{files.weights} does not fit {files.source}: {problem}{hint}")

@@ -35,6 +35,7 @@ from lib_elevator.t2v.base import PromptPair, T2VBackend
 from lib_elevator.weights import (
     SAFE_EXTENSIONS,
     WEIGHT_EXTENSIONS,
+    fit_problem,
     is_pickle,
     pickle_refused,
     read_json,
@@ -354,29 +355,6 @@ def check_schedule_buffers(
     return differ
 
 
-def _fit_problem(expected: dict[str, torch.Size], weights: dict[str, torch.Tensor]) -> str | None:
-    """What keeps `weights` from loading strictly into a module with `expected` names and shapes."""
-    missing = sorted(set(expected) - set(weights))
-    unexpected = sorted(set(weights) - set(expected))
-    shapes = [k for k in sorted(expected) if k in weights and tuple(weights[k].shape) != tuple(expected[k])]
-
-    def some(keys: list[str]) -> str:
-        return ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
-
-    found = []
-    if missing:
-        found.append(f"{len(missing)} missing ({some(missing)})")
-    if unexpected:
-        found.append(f"{len(unexpected)} unexpected ({some(unexpected)})")
-    if shapes:
-        first = shapes[0]
-        found.append(
-            f"{len(shapes)} of another shape (e.g. {first}: {tuple(weights[first].shape)} in the file, "
-            f"{tuple(expected[first])} in the config)"
-        )
-    return "; ".join(found) or None
-
-
 def _mismatch(files: VideoCrafterFiles, what: str, problem: str) -> ModelError:
     hint = "" if files.yaml else "; a model of other sizes needs its inference yaml beside the weights"
     return ModelError(f"{files.weights} does not fit {files.source}: {what} tensors: {problem}{hint}")
@@ -414,7 +392,7 @@ def build_vae(files: VideoCrafterFiles, weights: dict[str, torch.Tensor]):
 
 def _assign(module: torch.nn.Module, weights: dict[str, torch.Tensor], files: VideoCrafterFiles, what: str):
     expected = {k: v.shape for k, v in module.state_dict().items()}
-    problem = _fit_problem(expected, weights)
+    problem = fit_problem(expected, weights)
     if problem:
         raise _mismatch(files, what, problem)
     module.load_state_dict(weights, strict=True, assign=True)

@@ -89,7 +89,8 @@ def host_checkpoint_file() -> str:
     """The loaded checkpoint's file, which AnimateDiff motion modules plug into (SD1.x only)."""
     info = getattr(shared.sd_model, "sd_checkpoint_info", None)
     if info is None or not getattr(shared.sd_model, "is_sd1", False):
-        raise SettingsError("t2v_model", "AnimateDiff motion modules need a SD1.x checkpoint loaded in the WebUI")
+        raise SettingsError("t2v_model", "this T2V model (AnimateDiff, AnimateLCM, LaVie) takes its text encoder and VAE "
+                                         "from the loaded checkpoint, which must be SD1.x")
     return info.filename
 
 
