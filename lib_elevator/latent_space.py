@@ -47,12 +47,17 @@ def needs_projection(t2i: LatentSpace, t2v: LatentSpace, mode: str = "auto") -> 
 @dataclass(frozen=True)
 class VaeCodec:
     """A VAE as two calls: unscaled latents -> pixels in [-1, 1], and pixels -> unscaled latents
-    (the posterior mean, so projections are deterministic)."""
+    (the posterior mean, so projections are deterministic). `device`/`dtype` say where inputs go; either
+    may be a callable, read at every call (a VAE can move between calls: --medvram, offloading)."""
 
     decode: Callable[[torch.Tensor], torch.Tensor]
     encode: Callable[[torch.Tensor], torch.Tensor]
-    device: torch.device
-    dtype: torch.dtype
+    device: torch.device | Callable[[], torch.device]
+    dtype: torch.dtype | Callable[[], torch.dtype]
+
+    def placement(self) -> tuple[torch.device, torch.dtype]:
+        device = self.device() if callable(self.device) else self.device
+        return device, self.dtype() if callable(self.dtype) else self.dtype
 
 
 def posterior_mean(vae, pixels: torch.Tensor) -> torch.Tensor:
@@ -65,7 +70,8 @@ def posterior_mean(vae, pixels: torch.Tensor) -> torch.Tensor:
 
 
 def diffusers_codec(vae) -> VaeCodec:
-    return VaeCodec(lambda z: vae.decode(z).sample, lambda px: posterior_mean(vae, px), vae.device, vae.dtype)
+    return VaeCodec(lambda z: vae.decode(z).sample, lambda px: posterior_mean(vae, px), lambda: vae.device,
+                    lambda: vae.dtype)
 
 
 class LatentProjector:
@@ -83,9 +89,9 @@ class LatentProjector:
     def __call__(self, latents: torch.Tensor) -> torch.Tensor:
         out = []
         for chunk in latents.split(self.batch):
-            z = chunk.to(self.source.device, self.source.dtype) / self.source_space.scaling_factor
+            z = chunk.to(*self.source.placement()) / self.source_space.scaling_factor
             pixels = self.source.decode(z).clamp(-1, 1)
-            mean = self.target.encode(pixels.to(self.target.device, self.target.dtype))
+            mean = self.target.encode(pixels.to(*self.target.placement()))
             out.append((mean * self.target_space.scaling_factor).to(latents.device, latents.dtype))
         return torch.cat(out)
 

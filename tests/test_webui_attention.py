@@ -167,6 +167,62 @@ def test_a_unet_without_transformer_blocks_is_refused():
         attention.install(nn.Sequential(nn.Linear(2, 2)), F, "first")
 
 
+# ------------------------------------------------------------------------------ token merging (tomesd)
+
+
+def tome_patch(unet):
+    """What tomesd 0.1.3's `apply_patch` does to the host's model (the host calls it with use_rand=False
+    when Settings > Token merging ratio > 0): every BasicTransformerBlock's class becomes a `ToMeBlock`
+    subclass made on the fly, whose `_forward` gives attn1 each row's tokens merged to fewer (here pairs
+    averaged; tomesd matches tokens per row) and no context unless disable_self_attn."""
+    for module in unet.modules():
+        if type(module).__name__ != "BasicTransformerBlock":
+            continue
+
+        class ToMeBlock(type(module)):
+            _parent = type(module)
+
+            def _forward(self, x, context=None):
+                merged = x.reshape(x.shape[0], x.shape[1] // 2, 2, x.shape[2]).mean(2)  # per row, same count
+                return self.attn1(merged, context=context if self.disable_self_attn else None)
+
+        module.__class__ = ToMeBlock
+    return unet
+
+
+def tome_unpatch(unet):
+    for module in unet.modules():
+        if type(module).__name__ == "ToMeBlock":
+            module.__class__ = module._parent
+
+
+def test_token_merged_blocks_are_found_along_the_class_hierarchy():
+    unet = tome_patch(make_unet())
+    assert attention.self_attention_modules(unet) == unet.self_attn  # no longer "unsupported model"
+    modules = attention.install(unet, F, "first")
+    assert modules == unet.self_attn
+    assert not any(patched(m) for m in unet.untouched)
+    tome_unpatch(unet)  # the host removes tomesd after the job; our clean-up still finds every wrapper
+    assert attention.remove_everywhere(unet) == 2
+
+
+@pytest.mark.parametrize("anchor", ["first", "first_prev"])
+def test_token_merged_rows_keep_their_frame_groups(anchor):
+    """attn1 gets (2F, N/2, C): every row merged to the same count, rows in the same order, so each
+    frame's keys/values are the merged tokens of its group's anchor frame."""
+    unet = tome_patch(make_unet())
+    attention.install(unet, F, anchor)
+    block = next(m for m in unet.modules() if type(m).__name__ == "ToMeBlock" and m.attn1 is unet.self_attn[0])
+    x = torch.randn(2 * F, 4, CHANNELS)
+    block._forward(x)
+    call = unet.self_attn[0].calls[-1]
+    merged = x.reshape(2 * F, 2, 2, CHANNELS).mean(2)
+    assert torch.equal(call["x"], merged)
+    assert torch.equal(call["context"], anchor_context(merged, F, anchor))
+    for r in range(2 * F):
+        assert torch.equal(call["context"][r, :2], merged[r - r % F])
+
+
 # ------------------------------------------------------------------------------ batch layouts
 
 

@@ -7,6 +7,7 @@ downloads). Without it every test here is skipped with that reason.
 """
 
 import base64
+import contextlib
 import io
 import json
 import os
@@ -219,3 +220,81 @@ def test_host_ddim_equals_the_standalone_pipeline(t2v_name):
     # the host truncates to uint8 where we round: at most one level apart (about half the pixels)
     diff = np.abs(host_frames.astype(int) - ours.frames.astype(int))
     assert diff.max() <= 1 and diff.mean() < 0.6
+
+
+# ------------------------------------------------------------------------------ token merging (tomesd)
+
+
+@contextlib.contextmanager
+def options_kept(*keys):
+    """Puts the host's options `keys` back afterwards. The host's own restore after a job with
+    `override_settings` skips every option still at its default (not yet in its config data,
+    modules/processing.py `stored_opts`): such an override stays in force for later jobs."""
+    status, options = request("/sdapi/v1/options")
+    assert status == 200
+    try:
+        yield
+    finally:
+        assert request("/sdapi/v1/options", {key: options[key] for key in keys})[0] == 200
+
+
+def test_token_merging_jobs_run_with_cross_frame_attention(t2v_name):
+    """Settings > Optimizations > Token merging ratio: the host applies tomesd for the job (each
+    BasicTransformerBlock becomes a ToMeBlock subclass) and removes it afterwards."""
+    plain = job(seed=5, batch_size=2)
+    ve = elevated(t2v_name, formats=["GIF"])
+    before = frames_of(request("/sdapi/v1/txt2img", plain)[1])
+    unmerged = frames_of(request("/sdapi/v1/txt2img", job(ve=ve))[1])
+    with options_kept("token_merging_ratio"):
+        status, merged = request("/sdapi/v1/txt2img", job(ve=ve, override_settings={"token_merging_ratio": 0.5}))
+    assert status == 200, merged
+    assert len(frames_of(merged)) == 4
+    assert "Token merging ratio: 0.5" in json.loads(merged["info"])["infotexts"][0]
+    assert any((a != b).any() for a, b in zip(frames_of(merged), unmerged))  # merging did change the frames
+    after = frames_of(request("/sdapi/v1/txt2img", plain)[1])
+    assert all((a == b).all() for a, b in zip(before, after))
+    again = frames_of(request("/sdapi/v1/txt2img", job(ve=ve))[1])
+    assert all((a == b).all() for a, b in zip(unmerged, again))
+
+
+# ------------------------------------------------------------------------------ SDXL
+
+
+@pytest.fixture(scope="module")
+def sdxl():
+    """The override that switches a job to the tiny SDXL checkpoint (tools/make_host_sdxl.py), by the
+    title the host lists. Live previews are off: for SDXL the host's "Approx NN" preview model would be
+    downloaded at the start of every job (SD1's ships with the host). The next job without the override
+    loads the options' checkpoint again."""
+    titles = [m["title"] for m in request("/sdapi/v1/sd-models")[1] if m["model_name"] == "tiny-sdxl"]
+    if not titles:
+        pytest.skip("no tiny-sdxl checkpoint in models/Stable-diffusion (tools/webui_host_test.sh writes one)")
+    with options_kept("live_previews_enable"):
+        yield {"sd_model_checkpoint": titles[0], "live_previews_enable": False}
+
+
+def test_sdxl_with_an_sd1_vae_video_model_projects_latents(t2v_name, sdxl):
+    """SDXL latents pass through pixel space into the ZeroScope (SD1 VAE) space and back, through the
+    host's own first-stage encode/decode (also under --medvram/--lowvram: run this with WEBUI_FLAGS)."""
+    ve = elevated(t2v_name, formats=["GIF"])
+    status, body = request("/sdapi/v1/txt2img", job(ve=ve, override_settings=sdxl))
+    assert status == 200, body
+    frames = frames_of(body)
+    assert len(frames) == 4 and all(f.shape == (64, 64, 3) for f in frames)
+    assert "Model: tiny-sdxl" in json.loads(body["info"])["infotexts"][0]
+    again = frames_of(request("/sdapi/v1/txt2img", job(ve=ve, override_settings=sdxl))[1])
+    assert all((a == b).all() for a, b in zip(frames, again))
+
+
+def test_sdxl_empty_inversion_prompt_is_the_hosts_empty_negative_prompt(t2v_name, sdxl):
+    """With an empty negative prompt, inverting with the "empty" prompt and with the job's negative prompt
+    (the host's own uncond rows: SDXL's zeroed text embeddings with this job's size embeddings) must be
+    the same conditioning, so the frames are identical."""
+    frames = {}
+    for which in ("empty", "negative"):
+        ve = elevated(t2v_name, formats=["GIF"], inversion_prompt=which)
+        status, body = request("/sdapi/v1/txt2img", job(negative_prompt="", width=64, height=96, ve=ve,
+                                                        override_settings=sdxl))
+        assert status == 200, body
+        frames[which] = frames_of(body)
+    assert all((a == b).all() for a, b in zip(frames["empty"], frames["negative"]))

@@ -1,6 +1,8 @@
 """The host's checkpoint seen through the core's interfaces (lib_elevator/webui/host_model.py):
 the k-form denoiser over `sd_model.apply_model` used for inversion and PnP, the cond dict the host's
-CFG denoiser builds, the latent space and the VAE codec. host_model.py is pure: no stand-in needed."""
+CFG denoiser builds, the latent space, the VAE codec (also through the host's --medvram/--lowvram wrappers)
+and the empty-prompt conditioning. Most of host_model.py is pure; the tests of the two functions that ask
+the host (`modules.devices`, `modules.prompt_parser`) run against the stand-in host."""
 
 import math
 from types import SimpleNamespace
@@ -74,21 +76,148 @@ def test_latent_spaces():
     assert host_model.latent_space(SimpleNamespace(is_sdxl=False, scale_factor=0.5)).scaling_factor == 0.5
 
 
-def test_the_host_vae_as_a_codec():
-    class Autoencoder(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.encoder = nn.Conv2d(3, 8, 1)
-            self.quant_conv = nn.Conv2d(8, 8, 1)
+class Posterior:
+    """ldm's/sgm's DiagonalGaussianDistribution: mean and log-variance halves; sample() draws on the CPU."""
 
-        def decode(self, z):
-            return z[:, :3] * 2
+    def __init__(self, moments):
+        self.mean, self.logvar = moments.chunk(2, dim=1)
 
-    vae = Autoencoder()
+    def sample(self):
+        return self.mean + torch.exp(0.5 * self.logvar) * torch.randn(self.mean.shape)
+
+
+class Autoencoder(nn.Module):
+    """ldm's AutoencoderKL (encode returns the posterior) or, with `samples`, sgm's
+    AutoencoderKLInferenceWrapper (SDXL's config: encode returns a sample of it)."""
+
+    def __init__(self, samples=False):
+        super().__init__()
+        self.encoder = nn.Conv2d(3, 8, 1)
+        self.quant_conv = nn.Conv2d(8, 8, 1)
+        self.samples = samples
+
+    def encode(self, x):
+        posterior = Posterior(self.quant_conv(self.encoder(x)))
+        return posterior.sample() if self.samples else posterior
+
+    def decode(self, z):
+        return z[:, :3] * 2
+
+
+def lowvram(sd_model, moves: list):
+    """What modules/lowvram.py does to the first-stage model: encode/decode replaced on the instance by
+    wrappers that first send the module to the compute device."""
+    sd_model.lowvram = True
+    vae = sd_model.first_stage_model
+    encode, decode = vae.encode, vae.decode
+
+    def send_me_to_gpu():
+        moves.append("first_stage_model")
+
+    vae.encode = lambda x: (send_me_to_gpu(), encode(x))[1]
+    vae.decode = lambda z: (send_me_to_gpu(), decode(z))[1]
+
+
+@pytest.mark.parametrize("samples", [False, True], ids=["ldm", "sgm"])
+def test_the_host_vae_as_a_codec(samples):
+    vae = Autoencoder(samples)
     codec = host_model.host_codec(SimpleNamespace(first_stage_model=vae))
     pixels = torch.randn(1, 3, 4, 4)
     with torch.no_grad():
-        assert torch.equal(codec.encode(pixels), vae.quant_conv(vae.encoder(pixels))[:, :4])
+        mean = vae.quant_conv(vae.encoder(pixels))[:, :4]
+        state = torch.get_rng_state()
+        assert torch.equal(codec.encode(pixels), mean)  # the posterior mean, never a sample
+        assert torch.equal(codec.encode(pixels), mean)
+        assert torch.equal(torch.get_rng_state(), state)  # sgm's sample() drew nothing the host would miss
     z = torch.randn(1, 4, 4, 4)
     assert torch.equal(codec.decode(z), z[:, :3] * 2)
-    assert codec.device == torch.device("cpu") and codec.dtype == torch.float32
+    assert codec.placement() == (torch.device("cpu"), torch.float32)
+    vae.double()  # e.g. the host upcasting its VAE: read at call time, not when the job began
+    assert codec.placement() == (torch.device("cpu"), torch.float64)
+
+
+def test_the_codec_runs_outside_the_samplers_autocast():
+    class Recording(Autoencoder):
+        def encode(self, x):
+            seen.append(torch.is_autocast_enabled("cpu"))
+            return super().encode(x)
+
+        def decode(self, z):
+            seen.append(torch.is_autocast_enabled("cpu"))
+            return super().decode(z)
+
+    seen = []
+    codec = host_model.host_codec(SimpleNamespace(first_stage_model=Recording()))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # as the host's sampling runs
+        assert codec.encode(torch.randn(1, 3, 4, 4)).dtype == torch.float32
+        codec.decode(torch.randn(1, 4, 4, 4))
+        assert torch.is_autocast_enabled("cpu")
+    assert seen == [False, False]
+
+
+@pytest.mark.parametrize("samples", [False, True], ids=["ldm", "sgm"])
+def test_the_codec_goes_through_the_hosts_lowvram_wrappers(tmp_path, samples):
+    from host_stub import installed
+
+    with installed(tmp_path) as host:
+        adapter = host.adapter("host_model")
+        sd_model = SimpleNamespace(first_stage_model=Autoencoder(samples))
+        moves = []
+        lowvram(sd_model, moves)
+        codec = adapter.host_codec(sd_model)
+        vae = sd_model.first_stage_model
+        pixels = torch.randn(2, 3, 4, 4)
+        with torch.no_grad():
+            assert torch.equal(codec.encode(pixels), vae.quant_conv(vae.encoder(pixels))[:, :4])
+            codec.decode(torch.randn(2, 4, 4, 4))
+        assert moves == ["first_stage_model", "first_stage_model"]  # both calls moved the VAE first
+        # under --medvram/--lowvram the VAE waits on the CPU: inputs go to the host's compute device
+        host.devices.device = torch.device("meta")
+        assert codec.placement() == (torch.device("meta"), torch.float32)
+
+
+def test_projection_reads_the_codec_placement_at_every_call():
+    from lib_elevator.latent_space import LatentProjector, VaeCodec
+
+    where = {"dtype": torch.float32}
+    seen = []
+
+    def decode(z):
+        seen.append(z.dtype)
+        return z[:, :3]
+
+    codec = VaeCodec(decode, lambda px: torch.cat([px, px[:, :1]], dim=1), torch.device("cpu"), lambda: where["dtype"])
+    projector = LatentProjector(codec, SD1_LATENTS, codec, SD1_LATENTS, batch=1)
+    latents = torch.randn(2, 4, 2, 2)
+    projector(latents)
+    where["dtype"] = torch.float64
+    out = projector(latents)
+    assert seen == [torch.float32, torch.float32, torch.float64, torch.float64]
+    assert out.dtype == latents.dtype
+
+
+def test_empty_condition_is_the_hosts_empty_negative_prompt_for_this_job(tmp_path):
+    from host_stub import installed
+
+    with installed(tmp_path) as host:
+        adapter = host.adapter("host_model")
+        from modules import prompt_parser
+
+        seen = []
+
+        class SDXL:
+            def get_learned_conditioning(self, batch):
+                seen.append(batch)
+                return {"crossattn": torch.zeros(len(batch), 77, 8), "vector": torch.ones(len(batch), 6)}
+
+        cond = adapter.empty_condition(SDXL(), 4, width=96, height=64)
+        (batch,) = seen
+        assert isinstance(batch, prompt_parser.SdConditioning) and list(batch) == [""]
+        assert batch.is_negative_prompt and (batch.width, batch.height) == (96, 64)
+        assert cond["crossattn"].shape == (4, 77, 8) and cond["vector"].shape == (4, 6)
+
+        class SD1:
+            def get_learned_conditioning(self, batch):
+                return torch.ones(len(batch), 77, 8)
+
+        assert adapter.empty_condition(SD1(), 3, 64, 64).shape == (3, 77, 8)

@@ -3,10 +3,11 @@
 # offline, random-weight models), set up with the workplace scripts in ../shared/webui/
 # (see docs/webui-testing.md). Steps: link this checkout as an extension, run its install.py as the
 # launcher would, put a tiny ZeroScope model and a tiny AnimateDiff motion module and
-# AnimateLCM folder in models/VideoElevator,
-# start the API, run the tests,
+# AnimateLCM folder in models/VideoElevator, a tiny SDXL checkpoint in models/Stable-diffusion
+# (tools/make_host_sdxl.py), start the API (with $WEBUI_FLAGS, e.g. --medvram), run the tests,
 # stop the server.
-#   usage: tools/webui_host_test.sh [pytest args...]     env: WEBUI_ROOT (default /tmp/webui)
+#   usage: tools/webui_host_test.sh [pytest args...]     env: WEBUI_ROOT (default /tmp/webui),
+#          WEBUI_FLAGS (extra WebUI flags, e.g. "--medvram")
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 REPO=$(pwd)
@@ -36,8 +37,15 @@ from lib_elevator.tiny.t2v import build_tiny_animatelcm_folder
 unet = load_t2i('$APP/models/Stable-diffusion/tiny-sd1.safetensors').unet
 build_tiny_animatelcm_folder('$LCM', unet_config=dict(unet.config))"
 fi
+OPEN_CLIP_CONFIGS=$(ls -d "$ROOT"/venv/lib/python3*/site-packages/open_clip/model_configs | head -1)
+if [ ! -f "$APP/models/Stable-diffusion/tiny-sdxl.safetensors" ] || [ ! -f "$OPEN_CLIP_CONFIGS/videoelevator-tiny-G.json" ]; then
+  # a tiny SDXL checkpoint + yaml the host loads offline (its OpenCLIP arch is registered in open_clip's configs)
+  HF_HUB_OFFLINE=1 .venv/bin/python tools/make_host_sdxl.py --webui "$APP" --open-clip-configs "$OPEN_CLIP_CONFIGS"
+fi
 WEBUI_ROOT=$ROOT "$SHARED/stop.sh" >/dev/null 2>&1 || true
-WEBUI_ROOT=$ROOT "$SHARED/start.sh" --port 7861
+# WEBUI_FLAGS: extra WebUI flags, e.g. WEBUI_FLAGS=--medvram tools/webui_host_test.sh -k sdxl
+# shellcheck disable=SC2086
+WEBUI_ROOT=$ROOT "$SHARED/start.sh" --port 7861 -- ${WEBUI_FLAGS:-}
 trap 'WEBUI_ROOT=$ROOT "$SHARED/stop.sh" >/dev/null' EXIT
 if grep -n "Error running\|Error loading script: videoelevator" "$ROOT/webui.log"; then
   echo "the extension logged errors at start (see $ROOT/webui.log)" >&2; exit 1

@@ -14,14 +14,32 @@ from __future__ import annotations
 from lib_elevator.cross_frame import anchor_context
 
 MARK = "_videoelevator_cross_frame"
+BLOCK_CLASS = "BasicTransformerBlock"
+
+
+def is_transformer_block(module) -> bool:
+    """ldm's or sgm's BasicTransformerBlock, or a class made from it on the fly.
+
+    Token merging (Settings > Optimizations > Token merging ratio; the host applies tomesd 0.1.3 for the
+    job and removes it afterwards) swaps each block's class for `ToMeBlock(BasicTransformerBlock)`, so the
+    name is looked for along the MRO. What tomesd changes for cross-frame attention: its `_forward`
+    feeds attn1 `m_a(norm1(x))`: each row's tokens merged to the same count for every row (one src/dst
+    partition for the batch, the top-left token of every 2x2 cell as dst since the host turns tomesd's
+    random partition off; the matching is computed per row), and un-merges attn1's output per row. The batch rows stay as they were (cond frames, then uncond frames), so the groups of F rows
+    still hold; the anchor row's merged tokens become every frame's keys/values: the frames attend to a
+    merged (downsampled) version of the anchor frame, as plain ToMe self-attention attends to a merged
+    version of its own frame. Only blocks at the levels tomesd merges (max_downsample 1: the
+    full-resolution ones) see fewer tokens; sgm's forward calls the same `_forward(x, context)`.
+    """
+    return any(cls.__name__ == BLOCK_CLASS for cls in type(module).__mro__)
 
 
 def self_attention_modules(unet) -> list:
-    """The attn1 modules of every transformer block (ldm or sgm), skipping blocks whose attn1 is
-    cross-attention (`disable_self_attn`)."""
+    """The attn1 modules of every transformer block (ldm or sgm, token-merged or not), skipping blocks
+    whose attn1 is cross-attention (`disable_self_attn`)."""
     found = []
     for module in unet.modules():
-        if type(module).__name__ != "BasicTransformerBlock" or not hasattr(module, "attn1"):
+        if not is_transformer_block(module) or not hasattr(module, "attn1"):
             continue
         if getattr(module, "disable_self_attn", False):
             continue

@@ -8,12 +8,13 @@ set (merged into the weights by the host) applies.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
 
 from lib_elevator.inversion import Denoiser, denoised_from_output
-from lib_elevator.latent_space import SD1_LATENTS, SDXL_LATENTS, LatentSpace, VaeCodec, posterior_mean
+from lib_elevator.latent_space import SD1_LATENTS, SDXL_LATENTS, LatentSpace, VaeCodec
 from lib_elevator.schedule import timestep_of_sigma
 
 
@@ -54,8 +55,85 @@ def host_denoiser(sd_model, text_cond, image_cond) -> Denoiser:
     return denoise
 
 
+def empty_condition(sd_model, rows: int, width: int, height: int):
+    """The conditioning of an empty prompt built as the host builds a job's empty negative prompt
+    (`StableDiffusionProcessing.setup_conds`: `SdConditioning([""], is_negative_prompt=True, width, height)`
+    through `get_learned_conditioning`, under `devices.autocast()`), repeated to `rows`.
+
+    SD1/SD2: the encoded "". SDXL (`sd_models_xl.get_learned_conditioning`): the size embeddings of this
+    job's width/height (the host's default is 1024x1024 for a bare list) and, because the prompt is an
+    empty negative one, zeros for the text embedders' outputs (`force_zero_embeddings=['txt']`): zero
+    context and zero pooled part of the vector, the same conditioning as the host's own uncond rows."""
+    from modules import devices, prompt_parser
+
+    texts = prompt_parser.SdConditioning([""], is_negative_prompt=True, width=width, height=height)
+    with torch.no_grad(), devices.autocast():
+        cond = sd_model.get_learned_conditioning(texts)
+    return repeat_rows(cond, rows)
+
+
+def _vae_device(sd_model, vae) -> torch.device:
+    """Where the VAE computes its next call. With --medvram/--lowvram the host keeps it on the CPU and
+    its wrapped encode/decode (modules/lowvram.py) move it to the compute device first; else it stays where
+    its weights are now (read at call time: nothing is assumed about where it was when the job began)."""
+    if getattr(sd_model, "lowvram", False):
+        from modules import devices
+
+        return devices.device
+    return next(vae.parameters()).device
+
+
+def host_posterior_mean(vae, pixels: torch.Tensor) -> torch.Tensor:
+    """Deterministic encode through the host's own `first_stage_model.encode` (whatever wraps it, e.g.
+    the --medvram/--lowvram wrapper that moves the VAE to the compute device, runs).
+
+    ldm's AutoencoderKL (SD1/SD2) returns the posterior: its mean is taken. sgm's
+    AutoencoderKLInferenceWrapper (SDXL's config) returns a *sample* of it, and this sgm version has no
+    `unregularized` switch, so the moments are taken as the call passes them through `quant_conv`
+    (mean = first half, as in the posterior), and the CPU random state its sample drew from is restored,
+    so the host's later draws (e.g. ancestral samplers' noise) are as without the projection."""
+    captured = []
+    quant_conv = getattr(vae, "quant_conv", None)
+    hook = None
+    if isinstance(quant_conv, torch.nn.Module):
+        hook = quant_conv.register_forward_hook(lambda module, args, out: captured.append(out))
+    try:
+        with torch.random.fork_rng(devices=[]):  # ldm's and sgm's sample() draw on the CPU generator
+            out = vae.encode(pixels)
+    finally:
+        if hook is not None:
+            hook.remove()
+    if not isinstance(out, torch.Tensor) and isinstance(getattr(out, "mean", None), torch.Tensor):
+        return out.mean  # a DiagonalGaussianDistribution
+    if captured:
+        return captured[-1].chunk(2, dim=1)[0]
+    raise RuntimeError(f"cannot take the posterior mean of the host's VAE ({type(vae).__name__}): its encode "
+                       "returned a sample and has no quant_conv")
+
+
+def _without_autocast(call, device: torch.device):
+    try:
+        context = torch.autocast(device.type, enabled=False)
+    except RuntimeError:  # a device type autocast does not know
+        context = contextlib.nullcontext()
+    with context:
+        return call()
+
+
 def host_codec(sd_model) -> VaeCodec:
-    """The host's first-stage model (ldm or sgm autoencoder) as a codec for latent projection."""
-    vae = sd_model.first_stage_model
-    weight = next(vae.parameters())
-    return VaeCodec(vae.decode, lambda pixels: posterior_mean(vae, pixels), weight.device, weight.dtype)
+    """The host's first-stage model (ldm or sgm autoencoder) as a codec for latent projection. Both calls
+    go through the module's own `encode`/`decode` attributes, looked up at call time, so the host's
+    --medvram/--lowvram wrappers and hooks move the VAE as for the host's own calls; device and dtype are
+    read at call time too. The projection runs inside the sampler, where the host's autocast is on; the
+    host decodes its own latents outside it (in the VAE's dtype, and sgm turns it off for SDXL's VAE,
+    which overflows in float16), so autocast is off for these calls too."""
+
+    def vae():
+        return sd_model.first_stage_model
+
+    return VaeCodec(
+        lambda z: _without_autocast(lambda: vae().decode(z), z.device),
+        lambda pixels: _without_autocast(lambda: host_posterior_mean(vae(), pixels), pixels.device),
+        lambda: _vae_device(sd_model, vae()),
+        lambda: next(vae().parameters()).dtype,
+    )

@@ -1,6 +1,7 @@
 """Stand-in of `modules.prompt_parser.parse_prompt_attention`: a prompt with attention syntax as
 [[text, weight], ...]. Handles `(text)` (x1.1), `[text]` (/1.1), `(text:w)`, backslash escapes
-and unbalanced brackets (applied to the end), merging neighbours of equal weight."""
+and unbalanced brackets (applied to the end), merging neighbours of equal weight. `SdConditioning`: the
+prompt list with width/height/is_negative_prompt that the host hands to `get_learned_conditioning`."""
 
 from __future__ import annotations
 
@@ -58,3 +59,14 @@ def parse_prompt_attention(text: str):
         else:
             merged.append(part)
     return merged or [["", 1.0]]
+
+
+class SdConditioning(list):
+    """The host's prompt list that carries the image size and whether it holds negative prompts."""
+
+    def __init__(self, prompts, is_negative_prompt=False, width=None, height=None, copy_from=None):
+        super().__init__(prompts)
+        copy_from = prompts if copy_from is None else copy_from
+        self.is_negative_prompt = is_negative_prompt or getattr(copy_from, "is_negative_prompt", False)
+        self.width = width or getattr(copy_from, "width", None)
+        self.height = height or getattr(copy_from, "height", None)
