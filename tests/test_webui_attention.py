@@ -95,6 +95,22 @@ def test_calls_get_the_anchor_context_and_keep_mask_and_kwargs():
     assert attn.calls[-1]["context"] is text
 
 
+def test_grouped_anchors_groups_of_the_given_rows_for_a_while():
+    """compat="authors": their inversion batch of F rows has two anchor groups (frames F/2.. attend to
+    frame F/2); the groups are F again afterwards, also after an error."""
+    unet = make_unet()
+    modules = attention.install(unet, F, "first")
+    attn = unet.self_attn[0]
+    x = rows(F)
+    with attention.grouped(modules, F // 2):
+        attn(x)
+    assert torch.equal(attn.calls[-1]["context"][:, 0, 0], torch.tensor([0.0] * (F // 2) + [F // 2] * (F // 2)))
+    with pytest.raises(RuntimeError), attention.grouped(modules, F // 2):
+        raise RuntimeError("inversion failed")
+    attn(x)
+    assert torch.equal(attn.calls[-1]["context"][:, 0, 0], torch.zeros(F))
+
+
 def test_the_class_forward_in_place_at_call_time_is_used():
     """The host swaps the class-level forward when the attention optimisation changes."""
     unet = make_unet()

@@ -11,6 +11,8 @@ extension that wrapped on top of us keeps its wrapper.
 
 from __future__ import annotations
 
+import contextlib
+
 from lib_elevator.cross_frame import anchor_context
 
 MARK = "_videoelevator_cross_frame"
@@ -48,11 +50,11 @@ def self_attention_modules(unet) -> list:
 
 
 def make_forward(attn, frames: int, anchor: str):
-    state = {"active": True}
+    state = {"active": True, "frames": frames}  # "frames": rows per anchor group (see `grouped`)
 
     def forward(x, context=None, mask=None, **kwargs):
         if context is None and state["active"]:
-            context = anchor_context(x, frames, anchor)
+            context = anchor_context(x, state["frames"], anchor)
         return type(attn).forward(attn, x, context=context, mask=mask, **kwargs)
 
     forward.state = state
@@ -69,6 +71,21 @@ def install(unet, frames: int, anchor: str) -> list:
         attn.forward = make_forward(attn, frames, anchor)
         setattr(attn, MARK, attn.forward)
     return modules
+
+
+@contextlib.contextmanager
+def grouped(modules, group: int):
+    """Anchor groups of `group` rows in the patched modules for a while (the authors' inversion: two
+    groups of F/2 frames), then back to what they were."""
+    states = [attn.__dict__[MARK].state for attn in modules if MARK in attn.__dict__]
+    saved = [state["frames"] for state in states]
+    for state in states:
+        state["frames"] = group
+    try:
+        yield
+    finally:
+        for state, frames in zip(states, saved):
+            state["frames"] = frames
 
 
 def remove(modules) -> None:

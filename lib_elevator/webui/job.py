@@ -159,6 +159,9 @@ class WebUIJob(RefineHooks):
     def refine(self, index: int, denoised: torch.Tensor) -> dict:
         text, image = self._text_rows("inversion")
         invert = host_model.host_denoiser(shared.sd_model, text, image)
+        groups = self.settings.inversion_anchor_groups
+        if groups > 1:  # compat="authors": their inversion anchors frames F/2.. on frame F/2
+            invert = grouped_calls(invert, self.patched, self.frames // groups)
         return self.refiner.refine(index, denoised.float(), invert)
 
     def cond_denoised(self, latent: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -221,6 +224,16 @@ def host_off_device():
     finally:
         for module in moved:
             module.to(devices.device)
+
+
+def grouped_calls(denoise, modules, group: int):
+    """`denoise` with anchor groups of `group` rows in the patched attention during its calls."""
+
+    def run(x, sigma):
+        with attention.grouped(modules, group):
+            return denoise(x, sigma)
+
+    return run
 
 
 def plain_text(prompt: str) -> str:
