@@ -1,5 +1,5 @@
 """Cross-frame attention inside the host's UNet (lib_elevator/webui/attention.py) and the batch
-layouts it must handle (HOST_API §4.5, §6), on fake ldm-style modules.
+layouts it must handle, on fake ldm-style modules.
 
 The fake `CrossAttention` has a class-level `forward(self, x, context=None, mask=None, **kwargs)`
 that records what it got, like the host's optimised attention functions, which the host assigns to

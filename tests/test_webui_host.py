@@ -298,3 +298,67 @@ def test_sdxl_empty_inversion_prompt_is_the_hosts_empty_negative_prompt(t2v_name
         assert status == 200, body
         frames[which] = frames_of(body)
     assert all((a == b).all() for a, b in zip(frames["empty"], frames["negative"]))
+
+
+def test_both_refine_notations_name_the_same_steps_on_ddim_at_50_steps(t2v_name):
+    """The host's DDIM with 50 steps makes 49 updates; "10%,30%,50%,70%" and "45,35,25,15" must both
+    refine at t = 881/681/481/281 (the percentages used to land one step late)."""
+    frames = []
+    for points in ("10%,30%,50%,70%", "45,35,25,15"):
+        status, body = request("/sdapi/v1/txt2img", job(sampler="DDIM", steps=50,
+                                                        ve=elevated(t2v_name, refine_points=points, formats=["PNG"])))
+        assert status == 200, body
+        frames.append(frames_of(body))
+    assert all((a == b).all() for a, b in zip(*frames))
+
+
+def test_a_t2v_model_that_cannot_run_is_listed_apart_and_refused(t2v_name):
+    status, body = request("/videoelevator/v1/models")
+    path = os.path.join(body["model_folder"], "mm_sd_v15_v2-pickled.ckpt")
+    torch.save({"down_blocks.0.motion_modules.0.proj_in.weight": torch.zeros(1)}, path)
+    try:
+        status, body = request("/videoelevator/v1/models")
+        assert "mm_sd_v15_v2-pickled.ckpt" not in [m["name"] for m in body["models"]]
+        [entry] = [m for m in body["unusable"] if m["name"] == "mm_sd_v15_v2-pickled.ckpt"]
+        assert "pickled weights" in entry["error"]
+        status, body = request("/sdapi/v1/txt2img", job(ve=elevated("mm_sd_v15_v2-pickled.ckpt")))
+        assert status == 422 and body["field"] == "t2v_model" and "cannot be used" in body["detail"]
+    finally:
+        os.remove(path)
+
+
+def test_compat_authors_runs_in_the_host(t2v_name):
+    ours = request("/sdapi/v1/txt2img", job(sampler="DDIM", steps=16, ve=elevated(t2v_name, formats=["PNG"])))
+    theirs = request("/sdapi/v1/txt2img", job(sampler="DDIM", steps=16,
+                                              ve=elevated(t2v_name, formats=["PNG"], compat="authors")))
+    assert ours[0] == theirs[0] == 200, theirs
+    a, b = frames_of(ours[1]), frames_of(theirs[1])
+    assert len(b) == 4 and not all((x == y).all() for x, y in zip(a, b))
+    assert '"compat":"authors"' in json.loads(theirs[1]["info"])["infotexts"][0].replace("\\", "")
+
+
+@contextlib.contextmanager
+def pickles_allowed():
+    request("/sdapi/v1/options", {"videoelevator_allow_pickle": True})
+    try:
+        yield
+    finally:
+        request("/sdapi/v1/options", {"videoelevator_allow_pickle": False})
+
+
+@pytest.mark.parametrize("kind", ["videocrafter2", "lavie"])
+def test_the_seed_video_models_run_through_the_api(kind):
+    """VideoCrafter2 (its own text tower) and LaVie (the loaded SD1 checkpoint's text encoder and VAE),
+    from the pickles users download: listed as unusable until pickles are allowed, then a job runs."""
+    status, body = request("/videoelevator/v1/models")
+    unusable = [m["name"] for m in body["unusable"]]
+    if not any(kind.replace("2", "") in name for name in unusable + [m["name"] for m in body["models"]]):
+        pytest.skip(f"no tiny {kind} model in {body['model_folder']} (tools/webui_host_test.sh builds one)")
+    assert any(kind.replace("2", "") in name for name in unusable)  # pickles need the opt-in
+    with pickles_allowed():
+        status, body = request("/videoelevator/v1/models")
+        [name] = [m["name"] for m in body["models"] if m["kind"] == kind]
+        ve = elevated(name, refine_points="50%", t2v_steps=2, formats=["PNG"], t2v_fps=24)
+        status, body = request("/sdapi/v1/txt2img", job(sampler="Euler", steps=8, ve=ve))
+        assert status == 200, body
+        assert len(frames_of(body)) == 4

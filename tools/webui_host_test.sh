@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs tests/test_webui_host.py against a real AUTOMATIC1111 WebUI v1.10.1 on this machine (CPU,
-# offline, random-weight models), set up with the workplace scripts in ../shared/webui/
-# (see docs/webui-testing.md). Steps: link this checkout as an extension, run its install.py as the
+# offline, random-weight models), installed under $WEBUI_ROOT and started/stopped by the scripts in
+# $SHARED_WEBUI (see docs/webui-testing.md for what they must provide). Steps: link this checkout as an extension, run its install.py as the
 # launcher would, put a tiny ZeroScope model and a tiny AnimateDiff motion module and
 # AnimateLCM folder in models/VideoElevator, a tiny SDXL checkpoint in models/Stable-diffusion
 # (tools/make_host_sdxl.py), start the API (with $WEBUI_FLAGS, e.g. --medvram), run the tests,
@@ -36,6 +36,12 @@ from lib_elevator.loaders import load_t2i
 from lib_elevator.tiny.t2v import build_tiny_animatelcm_folder
 unet = load_t2i('$APP/models/Stable-diffusion/tiny-sd1.safetensors').unet
 build_tiny_animatelcm_folder('$LCM', unet_config=dict(unet.config))"
+fi
+if [ ! -f "$APP/models/VideoElevator/tiny-videocrafter2/model.ckpt" ]; then  # VideoCrafter2 in its real container
+  HF_HUB_OFFLINE=1 .venv/bin/python -c "from lib_elevator.tiny.videocrafter import write_tiny_videocrafter as w; w('$APP/models/VideoElevator/tiny-videocrafter2')"
+fi
+if [ ! -f "$APP/models/VideoElevator/tiny-lavie/lavie_base.pt" ]; then  # LaVie, 64-wide text as the tiny checkpoint's
+  HF_HUB_OFFLINE=1 .venv/bin/python -c "from lib_elevator.tiny.lavie import write_tiny_lavie as w; w('$APP/models/VideoElevator/tiny-lavie', cross_attention_dim=64)"
 fi
 OPEN_CLIP_CONFIGS=$(ls -d "$ROOT"/venv/lib/python3*/site-packages/open_clip/model_configs | head -1)
 if [ ! -f "$APP/models/Stable-diffusion/tiny-sdxl.safetensors" ] || [ ! -f "$OPEN_CLIP_CONFIGS/videoelevator-tiny-G.json" ]; then

@@ -43,13 +43,17 @@ def tiny_lavie_unet(seed: int = 0, config: dict | None = None) -> LaVieUNet:
     return unet.eval()
 
 
-def write_tiny_lavie(folder: str, seed: int = 0) -> str:
+def write_tiny_lavie(folder: str, seed: int = 0, cross_attention_dim: int | None = None) -> str:
     """Write `folder/lavie_base.pt` ({"ema": state dict}, 830 keys) and `folder/config.json`.
-    Returns the path of the weights file."""
+    `cross_attention_dim`: the text width of the SD1 base it will run with (default 32). Returns the
+    path of the weights file."""
     os.makedirs(folder, exist_ok=True)
-    unet = tiny_lavie_unet(seed)
+    config = dict(TINY_LAVIE_UNET_CONFIG)
+    if cross_attention_dim:
+        config["cross_attention_dim"] = cross_attention_dim
+    unet = tiny_lavie_unet(seed, config)
     path = os.path.join(folder, LAVIE_WEIGHTS_NAME)
     torch.save({"ema": unet.file_state_dict()}, path)
     with open(os.path.join(folder, "config.json"), "w", encoding="utf-8") as f:
-        json.dump(TINY_LAVIE_UNET_CONFIG, f, indent=2)
+        json.dump(config, f, indent=2)
     return path
