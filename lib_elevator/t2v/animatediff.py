@@ -26,7 +26,7 @@ import torch
 
 from lib_elevator.errors import ModelError, SettingsError
 from lib_elevator.schedule import alphas_cumprod
-from lib_elevator.t2v.base import PromptPair, T2VBackend, modules_on
+from lib_elevator.t2v.base import BaseTextEncoder, T2VBackend
 from lib_elevator.weights import folder_weights_kwargs, read_json, read_state_dict, tensor_names, unwrap_state_dict
 
 logger = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ MOTION_HEADS = 8
 MOTION_NORM_GROUPS = 32
 
 
-class AnimateDiffBackend(T2VBackend):
+class AnimateDiffBackend(BaseTextEncoder, T2VBackend):
     kind = "animatediff"
     sampler = "ddim"
     prediction_type = "epsilon"
@@ -113,20 +113,6 @@ class AnimateDiffBackend(T2VBackend):
         )
 
     # ------------------------------------------------------------------------------ T2VBackend
-    @torch.no_grad()
-    def encode_prompt(self, prompt: str, negative_prompt: str, device: torch.device | None = None) -> PromptPair:
-        # The base model's CLIP text encoder, as SD1 encodes prompts: the last hidden state.
-        with modules_on([self.text_encoder], device):
-            cond, uncond = (self._embed(text) for text in (prompt, negative_prompt))
-        return PromptPair(cond.to(self.dtype), uncond.to(self.dtype))
-
-    def _embed(self, text: str) -> torch.Tensor:
-        ids = self.tokenizer(
-            text, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True,
-            return_tensors="pt",
-        ).input_ids
-        return self.text_encoder(ids.to(self.text_encoder.device))[0]
-
     def model_output(self, video: torch.Tensor, timestep: int, context: torch.Tensor) -> torch.Tensor:
         frames = video.shape[2]
         if frames > self.max_frames:

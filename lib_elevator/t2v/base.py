@@ -148,6 +148,28 @@ class T2VBackend(ABC):
         return prediction
 
 
+class BaseTextEncoder:
+    """For backends that encode prompts with the CLIP text encoder of the SD1.x model they plug into
+    (AnimateDiff, AnimateLCM, LaVie): `text_encoder` and `tokenizer` come from that base model."""
+
+    text_encoder = None
+    tokenizer = None
+
+    @torch.no_grad()
+    def encode_prompt(self, prompt: str, negative_prompt: str, device: torch.device | None = None) -> PromptPair:
+        # As SD1 encodes prompts: the last hidden state, (1, 77, width); the encoder visits `device`.
+        with modules_on([self.text_encoder], device):
+            cond, uncond = (self._embed(text) for text in (prompt, negative_prompt))
+        return PromptPair(cond.to(self.dtype), uncond.to(self.dtype))
+
+    def _embed(self, text: str) -> torch.Tensor:
+        ids = self.tokenizer(
+            text, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True,
+            return_tensors="pt",
+        ).input_ids
+        return self.text_encoder(ids.to(self.text_encoder.device))[0]
+
+
 @contextlib.contextmanager
 def modules_on(modules: list, device: torch.device | None):
     """Run `modules` (diffusers/transformers models) on `device` for a while, then put each back."""

@@ -37,7 +37,7 @@ from lib_elevator.errors import ModelError
 from lib_elevator.latent_space import SD1_LATENTS
 from lib_elevator.schedule import alphas_cumprod
 from lib_elevator.t2v import lavie_net as net
-from lib_elevator.t2v.base import PromptPair, T2VBackend, modules_on
+from lib_elevator.t2v.base import BaseTextEncoder, T2VBackend
 from lib_elevator.weights import (
     SAFE_EXTENSIONS,
     WEIGHT_EXTENSIONS,
@@ -311,7 +311,7 @@ def build_unet(files: LaVieFiles, weights: dict[str, torch.Tensor], freqs=None) 
 # ---------------------------------------------------------------------------------- the backend
 
 
-class LaVieBackend(T2VBackend):
+class LaVieBackend(BaseTextEncoder, T2VBackend):
     kind = KIND
     sampler = "ddim"
     prediction_type = "epsilon"
@@ -355,21 +355,6 @@ class LaVieBackend(T2VBackend):
         return cls(unet, base, name=os.path.basename(path)).to(device, dtype)
 
     # ------------------------------------------------------------------------------ T2VBackend
-    @torch.no_grad()
-    def encode_prompt(self, prompt: str, negative_prompt: str, device: torch.device | None = None) -> PromptPair:
-        # The base's CLIP text encoder as SD1 uses it (last hidden state, (1, 77, 768)); it visits
-        # `device` and goes back.
-        with modules_on([self.text_encoder], device):
-            cond, uncond = (self._embed(text) for text in (prompt, negative_prompt))
-        return PromptPair(cond.to(self.dtype), uncond.to(self.dtype))
-
-    def _embed(self, text: str) -> torch.Tensor:
-        ids = self.tokenizer(
-            text, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True,
-            return_tensors="pt",
-        ).input_ids
-        return self.text_encoder(ids.to(self.text_encoder.device))[0]
-
     def model_output(self, video: torch.Tensor, timestep: int, context: torch.Tensor) -> torch.Tensor:
         """ε for video latents (B, 4, F, h, w) with one text context (B, 77, 768) per video."""
         return self.unet(video.to(self.device, self.dtype), timestep, context.to(self.device, self.dtype))
