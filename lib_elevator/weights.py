@@ -70,7 +70,12 @@ def read_state_dict(path: str, allow_pickle: bool = False, mmap: bool = False) -
             raise pickle_refused(path)
         try:
             # mmap needs torch's zip format; a truncated zip is no zip either and fails below.
-            loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
+            # torch.serialization.load, not torch.load: the WebUI replaces torch.load with its own checker,
+            # which refuses every file written by torch >= 2.6 (their zips hold a .format_version entry)
+            # and returns None; torch's weights-only unpickler admits no more than that checker does.
+            loaded = torch.serialization.load(
+                path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path)
+            )
         except Exception as error:
             raise ModelError(f"{path} {_pickle_problem(path, error)}") from None
         if not isinstance(loaded, dict):
