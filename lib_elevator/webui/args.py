@@ -75,8 +75,10 @@ CONTROLS: tuple[Control, ...] = (
     Control(
         "t2v_model", DROPDOWN, "T2V model", "", row="model", host_choices=True,
         tip="The text-to-video model that refines motion: a ZeroScope/ModelScope diffusers folder, an "
-        "AnimateDiff motion module or an AnimateLCM folder, from models/VideoElevator (and "
-        "models/text2video, models/AnimateDiff). Your checkpoint and LoRAs draw the frames.",
+        "AnimateDiff motion module, an AnimateLCM folder, VideoCrafter2 (model.ckpt) or LaVie (lavie_base.pt), "
+        "from models/VideoElevator (and models/text2video, models/AnimateDiff). Your checkpoint and LoRAs draw "
+        "the frames. Weight terms: VideoCrafter2 research / non-commercial use (its authors' README); LaVie open "
+        "for research and commercial use, commercial licence on request (its README).",
     ),
     Control(
         "frames", INT_SLIDER, "Frames", _DEFAULTS.frames, row="frames", minimum=2, maximum=MAX_FRAMES, step=1,
