@@ -86,8 +86,8 @@ CONTROLS: tuple[Control, ...] = (
     ),
     Control(
         "preset", DROPDOWN, "Preset", DEFAULT_PRESET, row="frames", choices=tuple(PRESETS), blank_is_default=True,
-        tip="Fills the advanced settings with the paper's values for ZeroScope-like models (50 steps) or "
-        "AnimateLCM (30 steps).",
+        tip="Fills the advanced settings with values for the T2V model: the paper's for ZeroScope-like models and "
+        "LaVie (50 steps), the authors' AnimateLCM script (30 steps), VideoCrafter2's guidance (50 steps).",
     ),
     Control(
         "refine_points", TEXTBOX, "Refine points", _DEFAULTS.refine_points, section=ADVANCED,
