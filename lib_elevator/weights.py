@@ -134,9 +134,16 @@ def as_float32(tensors: dict) -> dict[str, torch.Tensor]:
     return {k: v.float() if v.is_floating_point() else v for k, v in tensors.items() if isinstance(v, torch.Tensor)}
 
 
-def tensor_names(path: str) -> list[str] | None:
-    """Tensor names in a weights file without loading tensors. None when a pickled file is not in
-    torch's zip format (its names cannot be read safely)."""
+def tensor_names(path: str, allow_pickle: bool = False) -> list[str] | None:
+    """Tensor names in a weights file without loading tensors. A pickled file not in torch's zip format
+    has no names readable without unpickling it: with `allow_pickle` it is read (weights-only), else None."""
+    names = _tensor_names(path)
+    if names is None and allow_pickle and is_pickle(path):
+        names = list(unwrap_state_dict(read_state_dict(path, allow_pickle=True, mmap=True)))
+    return names
+
+
+def _tensor_names(path: str) -> list[str] | None:
     if path.lower().endswith(".safetensors"):
         from safetensors import safe_open
 

@@ -88,14 +88,6 @@ def is_lavie(names) -> bool:
     return any(TEMPORAL_MARKER in n for n in names) and any(m in n for n in names for m in POSITION_MARKERS)
 
 
-def _names(path: str, allow_pickle: bool) -> list[str] | None:
-    """Tensor names without unpickling; a legacy (non-zip) pickle is read with the opt-in, None without."""
-    names = tensor_names(path)
-    if names is None and allow_pickle:
-        names = list(unwrap_state_dict(read_state_dict(path, allow_pickle=True, mmap=True)))
-    return names
-
-
 def _other_stage(name: str) -> bool:
     return name.lower().startswith(OTHER_STAGES)
 
@@ -130,7 +122,7 @@ def folder_weights(folder: str, allow_pickle: bool = False) -> str | None:
         return None
     good, unread = [], []
     for path in weights:
-        names = _names(path, allow_pickle)
+        names = tensor_names(path, allow_pickle)
         if names is None:
             unread.append(path)
         elif is_lavie(names):

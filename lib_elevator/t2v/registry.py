@@ -106,13 +106,9 @@ def _file_kind(path: str, allow_pickle: bool) -> str:
             f"{path} is not a T2V model: unsupported file type {ext or '(none)'!r}; a motion module is a "
             ".safetensors or .ckpt file, and ZeroScope/ModelScope/AnimateLCM models are folders"
         )
-    names = tensor_names(path)
+    names = tensor_names(path, allow_pickle)
     if names is None:  # a pickle whose names cannot be read without unpickling it
-        if not allow_pickle:
-            raise pickle_refused(path)
-        from lib_elevator.weights import read_state_dict, unwrap_state_dict
-
-        names = list(unwrap_state_dict(read_state_dict(path, allow_pickle=True)))
+        raise pickle_refused(path)
     kind = _single_file_kind(path, names, allow_pickle)
     if kind:
         return kind

@@ -112,15 +112,6 @@ def videocrafter_problem(names) -> str | None:
     return None
 
 
-def _names(path: str, allow_pickle: bool) -> list[str] | None:
-    """Tensor names without unpickling; a pickle whose names cannot be read that way (not torch's zip
-    format) is read with the opt-in, and is None without it."""
-    names = tensor_names(path)
-    if names is None and allow_pickle:
-        names = list(unwrap_state_dict(read_state_dict(path, allow_pickle=True, mmap=True)))
-    return names
-
-
 def folder_weights(folder: str, allow_pickle: bool = False) -> str | None:
     """The VideoCrafter2 weights file of a model folder, or None when the folder is not one.
 
@@ -137,7 +128,7 @@ def folder_weights(folder: str, allow_pickle: bool = False) -> str | None:
         return None
     good, problems, unread = [], [], []
     for path in weights:
-        names = _names(path, allow_pickle)
+        names = tensor_names(path, allow_pickle)
         if names is None:
             unread.append(path)
         elif not is_videocrafter(names):
