@@ -223,6 +223,70 @@ def _weight_paths(subfolder: str, files: list[str], extension: str) -> list[str]
     return [os.path.join(subfolder, min(singles, key=len))] if singles else []  # shortest: no variant
 
 
+def single_model_file(
+    folder: str,
+    allow_pickle: bool,
+    *,
+    belongs,
+    what: str,
+    published: str,
+    preferred=None,
+    problem=None,
+    skip=None,
+) -> str | None:
+    """The weights file of a folder that holds one single-file model (LaVie, VideoCrafter2), or None
+    when the folder is not such a model.
+
+    Such a folder holds the model's weights and nothing but configs and notes: no subfolder, and no
+    weights file whose tensor names fail `belongs(names)` (so a models directory holding one of them
+    among others is not taken for a model itself); `skip(file name)` passes files over. A converted
+    .safetensors comes before a pickle; among several of one kind, the one `preferred(file name)`
+    picks. `problem(names)` says why a file of this family cannot run here (another release), a
+    ModelError when nothing else is left. A legacy pickle whose names cannot be read without the
+    opt-in counts as the model under its `published` name (PickleRefusedError)."""
+    entries = sorted(e for e in os.listdir(folder) if not e.startswith(".") and e != "__pycache__")
+    if any(os.path.isdir(os.path.join(folder, e)) for e in entries):
+        return None
+    files = [
+        os.path.join(folder, e)
+        for e in entries
+        if os.path.splitext(e)[1].lower() in WEIGHT_EXTENSIONS and not (skip and skip(e))
+    ]
+    good, problems, unread = [], [], []
+    for path in files:
+        names = tensor_names(path, allow_pickle)
+        if names is None:
+            unread.append(path)
+        elif not belongs(names):
+            return None  # other weights: not this model's folder
+        elif problem and problem(names):
+            problems.append(f"{path}: {problem(names)}")
+        else:
+            good.append(path)
+    if not good and not problems:
+        named = [p for p in unread if os.path.basename(p) == published]
+        if named:
+            raise pickle_refused(named[0])
+        return None
+    if not good:
+        raise ModelError(problems[0])
+    safe = [p for p in good if os.path.splitext(p)[1].lower() in SAFE_EXTENSIONS]
+    pickled = [p for p in good if p not in safe]
+    for group in (safe, pickled):
+        if len(group) > 1:
+            chosen = [p for p in group if preferred and preferred(os.path.basename(p))]
+            if len(chosen) != 1:
+                raise ModelError(
+                    f"{folder} holds several {what} weights files ({', '.join(map(os.path.basename, group))}); "
+                    "give the one to use as the model path, or keep one per folder"
+                )
+            group[:] = chosen
+    chosen = (safe or pickled)[0]
+    if is_pickle(chosen) and not allow_pickle:
+        raise pickle_refused(chosen)
+    return chosen
+
+
 def read_json(path: str) -> dict:
     """A JSON object from a config file; a ModelError naming the file when it is not one."""
     try:

@@ -39,13 +39,13 @@ from lib_elevator.schedule import alphas_cumprod
 from lib_elevator.t2v import lavie_net as net
 from lib_elevator.t2v.base import BaseTextEncoder, T2VBackend
 from lib_elevator.weights import (
-    SAFE_EXTENSIONS,
     WEIGHT_EXTENSIONS,
     fit_problem,
     is_pickle,
     pickle_refused,
     read_json,
     read_state_dict,
+    single_model_file,
     tensor_names,
     unwrap_state_dict,
 )
@@ -103,58 +103,14 @@ def file_kind(path: str, names, allow_pickle: bool = False) -> str | None:
 
 
 def folder_weights(folder: str, allow_pickle: bool = False) -> str | None:
-    """The LaVie weights file of a model folder, or None when the folder is not one.
-
-    A model folder holds LaVie weights and nothing but configs and notes: no subfolder and no other
-    weights (the published interpolation and super-resolution stages, `lavie_interpolation.pt` and
-    `lavie_vsr.pt`, may sit beside the base and are passed over). A converted .safetensors comes before
-    the pickle; among several, the one named `lavie_base.*`. Raises ModelError when it cannot choose,
-    PickleRefusedError for a pickle without the opt-in."""
-    entries = sorted(e for e in os.listdir(folder) if not e.startswith(".") and e != "__pycache__")
-    if any(os.path.isdir(os.path.join(folder, e)) for e in entries):
-        return None
-    weights = [
-        os.path.join(folder, e)
-        for e in entries
-        if os.path.splitext(e)[1].lower() in WEIGHT_EXTENSIONS and not _other_stage(e)
-    ]
-    if not weights:
-        return None
-    good, unread = [], []
-    for path in weights:
-        names = tensor_names(path, allow_pickle)
-        if names is None:
-            unread.append(path)
-        elif is_lavie(names):
-            good.append(path)
-        else:
-            return None  # other weights: not a LaVie model folder
-    if not good:
-        published = [p for p in unread if os.path.basename(p) == WEIGHTS_NAME]
-        if published:
-            # A legacy pickle's names cannot be read without unpickling it; under the published name it is
-            # most likely the model, so say what it takes to read it.
-            raise pickle_refused(published[0])
-        return None
-    safe = [p for p in good if os.path.splitext(p)[1].lower() in SAFE_EXTENSIONS]
-    pickled = [p for p in good if p not in safe]
-    chosen = None
-    for group in (safe, pickled):
-        if len(group) > 1:
-            preferred = [p for p in group if os.path.basename(p).lower().startswith("lavie_base.")]
-            if len(preferred) != 1:
-                raise ModelError(
-                    f"{folder} holds several LaVie weights files ({', '.join(map(os.path.basename, group))}); "
-                    "give the one to use as the model path, or keep one per folder"
-                )
-            group[:] = preferred
-        if group and chosen is None:
-            chosen = group[0]
-    if is_pickle(chosen) and not allow_pickle:
-        raise pickle_refused(chosen)
-    return chosen
-
-
+    """The LaVie weights file of a model folder, or None when the folder is not one
+    (`weights.single_model_file`). The published interpolation and super-resolution stages,
+    `lavie_interpolation.pt` and `lavie_vsr.pt`, may sit beside the base and are passed over; among
+    several weights files the one named `lavie_base.*` is taken."""
+    return single_model_file(
+        folder, allow_pickle, belongs=is_lavie, what="LaVie", published=WEIGHTS_NAME, skip=_other_stage,
+        preferred=lambda name: name.lower().startswith("lavie_base."),
+    )
 def folder_kind(folder: str, allow_pickle: bool = False) -> str | None:
     """ "lavie" for a LaVie model folder, None for another folder (see `folder_weights`)."""
     return KIND if folder_weights(folder, allow_pickle) else None

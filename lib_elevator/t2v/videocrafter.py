@@ -33,14 +33,13 @@ from lib_elevator.latent_space import SD1_LATENTS, LatentSpace
 from lib_elevator.t2v import videocrafter_net as net
 from lib_elevator.t2v.base import PromptPair, T2VBackend
 from lib_elevator.weights import (
-    SAFE_EXTENSIONS,
     WEIGHT_EXTENSIONS,
     fit_problem,
     is_pickle,
     pickle_refused,
     read_json,
     read_state_dict,
-    tensor_names,
+    single_model_file,
     unwrap_state_dict,
 )
 
@@ -113,58 +112,13 @@ def videocrafter_problem(names) -> str | None:
 
 
 def folder_weights(folder: str, allow_pickle: bool = False) -> str | None:
-    """The VideoCrafter2 weights file of a model folder, or None when the folder is not one.
-
-    A model folder holds VideoCrafter weights and nothing but configs and notes: no subfolder and no
-    other weights file (so a models directory with one VideoCrafter file among others is not taken for
-    a model itself). A converted .safetensors comes before the pickle. Raises ModelError for a
-    VideoCrafter folder that cannot run (another VideoCrafter model, two candidates, a pickle without
-    the opt-in)."""
-    entries = sorted(e for e in os.listdir(folder) if not e.startswith(".") and e != "__pycache__")
-    if any(os.path.isdir(os.path.join(folder, e)) for e in entries):
-        return None
-    weights = [os.path.join(folder, e) for e in entries if os.path.splitext(e)[1].lower() in WEIGHT_EXTENSIONS]
-    if not weights:
-        return None
-    good, problems, unread = [], [], []
-    for path in weights:
-        names = tensor_names(path, allow_pickle)
-        if names is None:
-            unread.append(path)
-        elif not is_videocrafter(names):
-            return None  # other weights: not a VideoCrafter model folder
-        else:
-            problem = videocrafter_problem(names)
-            if problem:
-                problems.append(f"{path}: {problem}")
-            else:
-                good.append(path)
-    if not good and not problems:
-        published = [p for p in unread if os.path.basename(p) == CHECKPOINT_NAME]
-        if published:
-            # A legacy (non-zip) pickle's names cannot be read without unpickling it; under the published
-            # name it is most likely the model, so say what it takes to read it.
-            raise pickle_refused(published[0])
-        return None
-    safe = [p for p in good if os.path.splitext(p)[1].lower() in SAFE_EXTENSIONS]
-    pickled = [p for p in good if p not in safe]
-    for group in (safe, pickled):
-        if len(group) > 1:
-            preferred = [p for p in group if os.path.basename(p) == CHECKPOINT_NAME]
-            if len(preferred) != 1:
-                raise ModelError(
-                    f"{folder} holds several VideoCrafter2 weights files ({', '.join(map(os.path.basename, group))}); "
-                    "give the one to use as the model path, or keep one per folder"
-                )
-            group[:] = preferred
-    if not good:
-        raise ModelError(problems[0])
-    chosen = (safe or pickled)[0]
-    if is_pickle(chosen) and not allow_pickle:
-        raise pickle_refused(chosen)
-    return chosen
-
-
+    """The VideoCrafter2 weights file of a model folder, or None when the folder is not one
+    (`weights.single_model_file`); another VideoCrafter release (VideoCrafter1, image-to-video) is a
+    ModelError naming it."""
+    return single_model_file(
+        folder, allow_pickle, belongs=is_videocrafter, what="VideoCrafter2", published=CHECKPOINT_NAME,
+        problem=videocrafter_problem, preferred=lambda name: name == CHECKPOINT_NAME,
+    )
 def folder_kind(folder: str, allow_pickle: bool = False) -> str | None:
     """ "videocrafter2" for a VideoCrafter2 model folder, None for another folder (see `folder_weights`)."""
     return KIND if folder_weights(folder, allow_pickle) else None
