@@ -223,6 +223,27 @@ def _weight_paths(subfolder: str, files: list[str], extension: str) -> list[str]
     return [os.path.join(subfolder, min(singles, key=len))] if singles else []  # shortest: no variant
 
 
+def model_weights_path(path: str, allow_pickle: bool, folder_weights, what: str, published: str) -> str:
+    """The weights file a single-file model path names: the file itself, or the one `folder_weights`
+    finds in a folder (see `single_model_file`). ModelError when there is none."""
+    path = os.path.abspath(os.fspath(path))
+    if not os.path.exists(path):
+        raise ModelError(f"{what} model {path} does not exist")
+    if os.path.isdir(path):
+        weights = folder_weights(path, allow_pickle)
+        if weights is None:
+            raise ModelError(
+                f"{path} holds no {what} weights: put the published {published} (or its converted "
+                ".safetensors) in a folder of its own, or give the file itself"
+            )
+        return weights
+    if os.path.splitext(path)[1].lower() not in WEIGHT_EXTENSIONS:
+        raise ModelError(f"{path}: a {what} model is a {published} or .safetensors file, or a folder")
+    if is_pickle(path) and not allow_pickle:
+        raise pickle_refused(path)
+    return path
+
+
 def single_model_file(
     folder: str,
     allow_pickle: bool,

@@ -39,9 +39,9 @@ from lib_elevator.schedule import alphas_cumprod
 from lib_elevator.t2v import lavie_net as net
 from lib_elevator.t2v.base import BaseTextEncoder, T2VBackend
 from lib_elevator.weights import (
-    WEIGHT_EXTENSIONS,
     fit_problem,
     is_pickle,
+    model_weights_path,
     pickle_refused,
     read_json,
     read_state_dict,
@@ -136,25 +136,11 @@ class LaVieFiles:
 
 def resolve_model(path: str, allow_pickle: bool = False) -> LaVieFiles:
     """The weights file and configs of a LaVie model path (a file or a folder), the configs checked."""
-    path = os.path.abspath(os.fspath(path))
-    if not os.path.exists(path):
-        raise ModelError(f"LaVie model {path} does not exist")
-    if os.path.isdir(path):
-        weights = folder_weights(path, allow_pickle)
-        if weights is None:
-            raise ModelError(
-                f"{path} holds no LaVie base weights: put the published {WEIGHTS_NAME} (or its converted "
-                ".safetensors) in a folder of its own, or give the file itself"
-            )
-    else:
-        if os.path.splitext(path)[1].lower() not in WEIGHT_EXTENSIONS:
-            raise ModelError(f"{path}: a LaVie model is a {WEIGHTS_NAME} or .safetensors file, or a folder")
-        if is_pickle(path) and not allow_pickle:
-            raise pickle_refused(path)
-        names = tensor_names(path)  # None for a legacy pickle: then the names are checked when it is read
+    weights = model_weights_path(path, allow_pickle, folder_weights, "LaVie base", WEIGHTS_NAME)
+    if not os.path.isdir(path):
+        names = tensor_names(weights)  # None for a legacy pickle: then the names are checked when it is read
         if names is not None:
-            check_names(path, names)
-        weights = path
+            check_names(weights, names)
     folder = os.path.dirname(weights)
     config_path = os.path.join(folder, CONFIG_NAME)
     config_path = config_path if os.path.isfile(config_path) else None

@@ -33,9 +33,9 @@ from lib_elevator.latent_space import SD1_LATENTS, LatentSpace
 from lib_elevator.t2v import videocrafter_net as net
 from lib_elevator.t2v.base import PromptPair, T2VBackend
 from lib_elevator.weights import (
-    WEIGHT_EXTENSIONS,
     fit_problem,
     is_pickle,
+    model_weights_path,
     pickle_refused,
     read_json,
     read_state_dict,
@@ -159,22 +159,7 @@ class VideoCrafterFiles:
 
 def resolve_model(path: str, allow_pickle: bool = False) -> VideoCrafterFiles:
     """The weights file, yaml and configuration of a VideoCrafter2 model path (a file or a folder)."""
-    path = os.path.abspath(os.fspath(path))
-    if not os.path.exists(path):
-        raise ModelError(f"VideoCrafter2 model {path} does not exist")
-    if os.path.isdir(path):
-        weights = folder_weights(path, allow_pickle)
-        if weights is None:
-            raise ModelError(
-                f"{path} holds no VideoCrafter2 weights: put the published {CHECKPOINT_NAME} (or its converted "
-                ".safetensors) in a folder of its own"
-            )
-    else:
-        if os.path.splitext(path)[1].lower() not in WEIGHT_EXTENSIONS:
-            raise ModelError(f"{path}: a VideoCrafter2 model is a {CHECKPOINT_NAME} or .safetensors file, or a folder")
-        if is_pickle(path) and not allow_pickle:
-            raise pickle_refused(path)
-        weights = path
+    weights = model_weights_path(path, allow_pickle, folder_weights, "VideoCrafter2", CHECKPOINT_NAME)
     yaml_path = find_yaml(weights)
     original = read_yaml(yaml_path) if yaml_path else BUILTIN_CONFIG
     try:
