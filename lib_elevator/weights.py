@@ -308,6 +308,36 @@ def single_model_file(
     return chosen
 
 
+def conversion_target(source: str, out: str | None, dtype: torch.dtype) -> str:
+    """Where `convert` writes a model read from `source`: `out`, or beside the source as
+    `<stem>.fp16.safetensors` (float16) / `<stem>.safetensors`. Refuses what would make no sense."""
+    if out is None and not is_pickle(source):
+        raise ModelError(f"{source} is already a .safetensors file: there is nothing to convert")
+    stem = os.path.splitext(source)[0]
+    out = os.path.abspath(out or stem + (".fp16" if dtype == torch.float16 else "") + ".safetensors")
+    if not out.lower().endswith(".safetensors"):
+        raise ModelError(f"{out}: the converted model is written as a .safetensors file")
+    if out == os.path.abspath(source):
+        raise ModelError(f"{out} is the file being converted; choose another output path")
+    return out
+
+
+def save_safetensors(tensors: dict[str, torch.Tensor], out: str, metadata: dict[str, str]) -> str:
+    """Write `tensors` to `out` through a temporary name, so a failed write never leaves a half-written
+    file under the final one."""
+    from safetensors.torch import save_file
+
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    partial = out + ".partial"
+    try:
+        save_file({key: tensor.contiguous() for key, tensor in tensors.items()}, partial, metadata=metadata)
+        os.replace(partial, out)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+    return out
+
+
 def read_json(path: str) -> dict:
     """A JSON object from a config file; a ModelError naming the file when it is not one."""
     try:

@@ -39,12 +39,14 @@ from lib_elevator.schedule import alphas_cumprod
 from lib_elevator.t2v import lavie_net as net
 from lib_elevator.t2v.base import BaseTextEncoder, T2VBackend
 from lib_elevator.weights import (
+    conversion_target,
     fit_problem,
     is_pickle,
     model_weights_path,
     pickle_refused,
     read_json,
     read_state_dict,
+    save_safetensors,
     single_model_file,
     tensor_names,
     unwrap_state_dict,
@@ -320,12 +322,6 @@ def check_base(base, path: str, text_width: int | None = None) -> None:
 # ---------------------------------------------------------------------------------- conversion
 
 
-def default_converted_path(weights: str, dtype: torch.dtype) -> str:
-    """`lavie_base.pt` -> `lavie_base.fp16.safetensors` (float16) or `lavie_base.safetensors`, beside it."""
-    stem = os.path.splitext(weights)[0]
-    return stem + (".fp16" if dtype == torch.float16 else "") + ".safetensors"
-
-
 def convert_checkpoint(
     path: str, out: str | None = None, dtype: torch.dtype = torch.float16, allow_pickle: bool = False
 ) -> str:
@@ -333,30 +329,14 @@ def convert_checkpoint(
     file in `dtype`, after checking that it loads; the config.json and scheduler_config.json beside the
     source come along when it goes elsewhere. Returns the path written. The result loads without the
     pickle opt-in and without unpickling anything."""
-    from safetensors.torch import save_file
 
     files = resolve_model(path, allow_pickle)
-    if out is None and not is_pickle(files.weights):
-        raise ModelError(f"{files.weights} is already a .safetensors file: there is nothing to convert")
-    out = os.path.abspath(out or default_converted_path(files.weights, dtype))
-    if not out.lower().endswith(".safetensors"):
-        raise ModelError(f"{out}: the converted model is written as a .safetensors file")
-    if out == os.path.abspath(files.weights):
-        raise ModelError(f"{out} is the file being converted; choose another output path")
+    out = conversion_target(files.weights, out, dtype)
     configs = _configs_to_copy(files, out)
     weights, freqs = read_unet_weights(files, dtype, allow_pickle)
     build_unet(files, dict(weights), freqs)  # loads as it will when the file is used
-    tensors = {key: tensor.contiguous() for key, tensor in weights.items()}
+    save_safetensors(weights, out, {"format": "pt", "model": KIND, "converted_from": os.path.basename(files.weights)})
     del weights
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    partial = out + ".partial"
-    metadata = {"format": "pt", "model": KIND, "converted_from": os.path.basename(files.weights)}
-    try:
-        save_file(tensors, partial, metadata=metadata)
-        os.replace(partial, out)  # never leave a half-written file under the final name
-    finally:
-        if os.path.exists(partial):
-            os.remove(partial)
     for source, target in configs:
         shutil.copyfile(source, target)
     return out

@@ -33,12 +33,14 @@ from lib_elevator.latent_space import SD1_LATENTS, LatentSpace
 from lib_elevator.t2v import videocrafter_net as net
 from lib_elevator.t2v.base import PromptPair, T2VBackend
 from lib_elevator.weights import (
+    conversion_target,
     fit_problem,
     is_pickle,
     model_weights_path,
     pickle_refused,
     read_json,
     read_state_dict,
+    save_safetensors,
     single_model_file,
     unwrap_state_dict,
 )
@@ -409,12 +411,6 @@ class VideoCrafter2Backend(T2VBackend):
 # ---------------------------------------------------------------------------------- conversion
 
 
-def default_converted_path(weights: str, dtype: torch.dtype) -> str:
-    """`model.ckpt` -> `model.fp16.safetensors` (float16) or `model.safetensors` (float32), beside it."""
-    stem = os.path.splitext(weights)[0]
-    return stem + (".fp16" if dtype == torch.float16 else "") + ".safetensors"
-
-
 def convert_checkpoint(
     path: str, out: str | None = None, dtype: torch.dtype = torch.float16, allow_pickle: bool = False
 ) -> str:
@@ -422,32 +418,16 @@ def convert_checkpoint(
     their checkpoint prefixes) as a .safetensors file in `dtype`, after checking that they load; the
     yaml and text-tower json come along when it goes elsewhere. Returns the path written. The result
     loads without the pickle opt-in and without unpickling anything."""
-    from safetensors.torch import save_file
 
     files = resolve_model(path, allow_pickle)
-    if out is None and not is_pickle(files.weights):
-        # A second file beside the first would make the folder ambiguous; an explicit --out may recast it.
-        raise ModelError(f"{files.weights} is already a .safetensors file: there is nothing to convert")
-    out = os.path.abspath(out or default_converted_path(files.weights, dtype))
-    if not out.lower().endswith(".safetensors"):
-        raise ModelError(f"{out}: the converted model is written as a .safetensors file")
-    if os.path.abspath(out) == os.path.abspath(files.weights):
-        raise ModelError(f"{out} is the file being converted; choose another output path")
+    out = conversion_target(files.weights, out, dtype)
     parts = read_parts(files, dtype, allow_pickle)
     # Check before writing that the three parts load as they will when the file is used.
     for name, build in (("unet", build_unet), ("text", build_text_tower), ("vae", build_vae)):
         build(files, dict(parts[name]))
-    tensors = {prefix + key: tensor.contiguous() for name, prefix, _ in PARTS for key, tensor in parts[name].items()}
+    tensors = {prefix + key: tensor for name, prefix, _ in PARTS for key, tensor in parts[name].items()}
     del parts
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    partial = out + ".partial"
-    metadata = {"format": "pt", "model": KIND, "converted_from": os.path.basename(files.weights)}
-    try:
-        save_file(tensors, partial, metadata=metadata)
-        os.replace(partial, out)  # never leave a half-written file under the final name
-    finally:
-        if os.path.exists(partial):
-            os.remove(partial)
+    save_safetensors(tensors, out, {"format": "pt", "model": KIND, "converted_from": os.path.basename(files.weights)})
     _copy_configs(files, out)
     return out
 
