@@ -115,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = sub.add_parser("models", help="list the T2V models found in folders")
     models.add_argument("folders", nargs="+")
+    models.add_argument("--allow-pickle", action="store_true", help="count pickled (.ckpt/.pt) models as usable")
 
     convert = sub.add_parser(
         "convert",
@@ -262,9 +263,12 @@ def run_generate(args) -> int:
 def run_models(args) -> int:
     from lib_elevator.t2v.registry import list_t2v_models
 
-    found = list_t2v_models(args.folders)
+    found = list_t2v_models(args.folders, allow_pickle=args.allow_pickle, include_unusable=True)
     for model in found:
-        print(f"{model['kind']:12s} {model['name']:40s} {model['path']}")
+        if model["kind"]:
+            print(f"{model['kind']:12s} {model['name']:40s} {model['path']}")
+        else:  # a T2V model that cannot run as it is: say why (e.g. a pickle without --allow-pickle)
+            print(f"{'unusable':12s} {model['name']:40s} {model['error']}")
     if not found:
         print("no T2V models found in " + ", ".join(args.folders), file=sys.stderr)
     return 0

@@ -69,6 +69,17 @@ def test_feed_forward_chunking_saves_memory_without_changing_the_video(models, t
     assert "--t2v-ff-chunk: animatelcm models do not run their feed-forward layers in chunks" in capsys.readouterr().err
 
 
+def test_models_lists_what_cannot_run_with_the_reason(tmp_path, capsys):
+    from lib_elevator.tiny.t2v import write_tiny_motion_module
+
+    write_tiny_motion_module(str(tmp_path / "mm_sd_v15_v2.ckpt"), "v2", seed=2)
+    assert main(["models", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("unusable") and "mm_sd_v15_v2.ckpt" in out and "pickled weights" in out
+    assert main(["models", str(tmp_path), "--allow-pickle"]) == 0
+    assert capsys.readouterr().out.startswith("animatediff")
+
+
 def test_compat_authors_from_the_command_line(models, tmp_path, capsys):
     assert generate(models, tmp_path / "ours.png") == 0
     assert generate(models, tmp_path / "theirs.png", extra=["--compat", "authors"]) == 0
