@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from lib_elevator.cross_frame import anchor_context
-from lib_elevator.webui import attention
+from lib_elevator.webui.a1111 import attention
 
 F, TOKENS, CHANNELS = 4, 3, 2
 

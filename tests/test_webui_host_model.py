@@ -1,4 +1,4 @@
-"""The host's checkpoint seen through the core's interfaces (lib_elevator/webui/host_model.py):
+"""The host's checkpoint seen through the core's interfaces (lib_elevator/webui/a1111/host_model.py):
 the k-form denoiser over `sd_model.apply_model` used for inversion and PnP, the cond dict the host's
 CFG denoiser builds, the latent space, the VAE codec (also through the host's --medvram/--lowvram wrappers)
 and the empty-prompt conditioning. Most of host_model.py is pure; the tests of the two functions that ask
@@ -13,7 +13,8 @@ from host_stub import samplers
 from torch import nn
 
 from lib_elevator.latent_space import SD1_LATENTS, SDXL_LATENTS
-from lib_elevator.webui import host_model
+from lib_elevator.webui.a1111 import host_model
+from lib_elevator.webui.host import repeat_rows
 
 TABLE = samplers.sd_alphas_cumprod()
 
@@ -64,9 +65,9 @@ def test_sdxl_conds_and_repeated_rows():
     image = torch.zeros(4, 5, 1, 1)
     cond = host_model.condition_dict({"crossattn": crossattn, "vector": vector}, image)
     assert cond == {"crossattn": crossattn, "vector": vector, "c_concat": [image]}
-    repeated = host_model.repeat_rows({"crossattn": crossattn, "vector": vector}, 4)
+    repeated = repeat_rows({"crossattn": crossattn, "vector": vector}, 4)
     assert repeated["crossattn"].shape == (4, 3, 8) and repeated["vector"].shape == (4, 6)
-    assert host_model.repeat_rows(torch.ones(1, 77, 8), 3).shape == (3, 77, 8)
+    assert repeat_rows(torch.ones(1, 77, 8), 3).shape == (3, 77, 8)
 
 
 def test_latent_spaces():
@@ -160,7 +161,7 @@ def test_the_codec_goes_through_the_hosts_lowvram_wrappers(tmp_path, samples):
     from host_stub import installed
 
     with installed(tmp_path) as host:
-        adapter = host.adapter("host_model")
+        adapter = host.adapter("a1111.host_model")
         sd_model = SimpleNamespace(first_stage_model=Autoencoder(samples))
         moves = []
         lowvram(sd_model, moves)
@@ -200,7 +201,7 @@ def test_empty_condition_is_the_hosts_empty_negative_prompt_for_this_job(tmp_pat
     from host_stub import installed
 
     with installed(tmp_path) as host:
-        adapter = host.adapter("host_model")
+        adapter = host.adapter("host").current()
         from modules import prompt_parser
 
         seen = []
@@ -210,7 +211,8 @@ def test_empty_condition_is_the_hosts_empty_negative_prompt_for_this_job(tmp_pat
                 seen.append(batch)
                 return {"crossattn": torch.zeros(len(batch), 77, 8), "vector": torch.ones(len(batch), 6)}
 
-        cond = adapter.empty_condition(SDXL(), 4, width=96, height=64)
+        host.shared.sd_model = SDXL()
+        cond = adapter.empty_condition(SimpleNamespace(width=96, height=64), 4)
         (batch,) = seen
         assert isinstance(batch, prompt_parser.SdConditioning) and list(batch) == [""]
         assert batch.is_negative_prompt and (batch.width, batch.height) == (96, 64)
@@ -220,4 +222,5 @@ def test_empty_condition_is_the_hosts_empty_negative_prompt_for_this_job(tmp_pat
             def get_learned_conditioning(self, batch):
                 return torch.ones(len(batch), 77, 8)
 
-        assert adapter.empty_condition(SD1(), 3, 64, 64).shape == (3, 77, 8)
+        host.shared.sd_model = SD1()
+        assert adapter.empty_condition(SimpleNamespace(width=64, height=64), 3).shape == (3, 77, 8)

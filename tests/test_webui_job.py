@@ -31,7 +31,7 @@ def env(webui, monkeypatch):
     torch.set_num_threads(1)
 
     script_module = webui.load_script(os.path.join(ROOT, "scripts", "videoelevator.py"))
-    job, models, attention = webui.adapter("job"), webui.adapter("models"), webui.adapter("attention")
+    job, models, attention = webui.adapter("job"), webui.adapter("models"), webui.adapter("a1111.attention")
     webui.shared.sd_model = minihost.FakeSDModel()
     minihost.zeroscope_layout(os.path.join(webui.paths.models_path, "VideoElevator", "tiny-zs"))
     t2v = minihost.FakeT2V()
@@ -131,10 +131,6 @@ BAD_JOBS = [
     ("prompt", {}, {"prompt": "a cat AND a dog"}, None),
     ("prompt", {}, {"prompt": ["a boat", "a cat AND a dog"]}, None),
     ("refiner_checkpoint", {}, {"refiner_checkpoint": "sd_xl_refiner"}, None),
-    ("checkpoint", {}, {}, lambda host: setattr(host.shared.sd_model, "is_sd3", True)),
-    ("checkpoint", {}, {}, lambda host: setattr(host.shared.sd_model.model, "conditioning_key", "crossattn-adm")),
-    ("hypertile", {}, {}, lambda host: host.shared.opts.data.update(hypertile_enable_unet=True)),
-    ("sd_unet", {}, {}, lambda host: setattr(host.sd_unet, "current_unet", object())),
 ]
 
 
@@ -149,6 +145,28 @@ def test_a_bad_job_is_refused_from_p_sample_naming_the_field(env, field, ve, fie
     with pytest.raises(env.job.VideoElevatorError) as error:
         p.sample(None, None, [1], [1], 0.0, ["x"])
     assert str(error.value).startswith(f"VideoElevator: {field}: ")
+
+
+# The loaded model is checked when sampling starts (a checkpoint override, and Forge's first load,
+# happen after before_process), before the sampler's first step.
+BAD_MODELS = [
+    ("checkpoint", lambda host: setattr(host.shared.sd_model, "is_sd3", True)),
+    ("checkpoint", lambda host: setattr(host.shared.sd_model.model, "conditioning_key", "crossattn-adm")),
+    ("hypertile", lambda host: host.shared.opts.data.update(hypertile_enable_unet=True)),
+    ("sd_unet", lambda host: setattr(host.sd_unet, "current_unet", object())),
+]
+
+
+@pytest.mark.parametrize("field, setup", BAD_MODELS, ids=[f"{b[0]}-{i}" for i, b in enumerate(BAD_MODELS)])
+def test_a_model_that_cannot_be_elevated_is_refused_before_the_first_step(env, field, setup):
+    setup(env.host)
+    p = processing(env)
+    env.job.before_process(p, [settings()])
+    p.scripts = env.mini.ScriptRunner(env.script, [settings()])
+    with pytest.raises(env.job.VideoElevatorError) as error:
+        call_sample(env, p)
+    assert str(error.value).startswith(f"VideoElevator: {field}: ")
+    assert p.sampler.steps_seen == [] and wrapped_modules(env) == []
 
 
 def test_and_in_the_hires_prompt_is_refused(env):
@@ -298,7 +316,7 @@ def test_no_wrapper_is_left_after_p_sample(env, monkeypatch, outcome):
     assert seen["patched during sampling"] == 2
     assert wrapped_modules(env) == []
     job = env.job.job_of(p)
-    assert job.patched == [] and job.captured_cfg is None and job.captured_cond == []
+    assert job.cross_frames == [] and job.captured_cfg is None and job.captured_cond == []
     assert env.host.devices.gc_calls > gc_before
 
 
@@ -448,8 +466,8 @@ def test_cfg_callbacks_are_gated_by_job(env):
     env.job.on_cfg_denoiser(params)
     env.job.on_cfg_denoised(SimpleNamespace(x=-params.x))
     assert job.captured_cfg is params
-    ((x_in, out),) = job.captured_cond
-    assert torch.equal(x_in, params.x[:FRAMES]) and torch.equal(out, -params.x[:FRAMES])
+    ((x_in, out, k_form),) = job.captured_cond
+    assert torch.equal(x_in, params.x[:FRAMES]) and torch.equal(out, -params.x[:FRAMES]) and not k_form
     env.job.on_cfg_denoised(SimpleNamespace(x=params.x))  # a denoised call without its denoiser call
     assert len(job.captured_cond) == 1
 
@@ -469,10 +487,11 @@ def test_room_for_the_t2v_model_moves_the_host_model_off_and_back(env, monkeypat
     host = env.host
     unet, text = Placement(), Placement()
     monkeypatch.setattr(host.shared, "sd_model", SimpleNamespace(model=unet, cond_stage_model=text, lowvram=False))
-    with env.job.host_off_device():
+    host_adapter = env.host.adapter("host").current()
+    with host_adapter.make_room(None, (2, 4, 8, 8)):
         assert unet.moves == ["cpu"] and text.moves == ["cpu"]
     assert unet.moves == ["cpu", str(host.devices.device)] and text.moves[-1] == str(host.devices.device)
-    with pytest.raises(RuntimeError), env.job.host_off_device():
+    with pytest.raises(RuntimeError), host_adapter.make_room(None, (2, 4, 8, 8)):
         raise RuntimeError("T2V failed")
     assert unet.moves[-1] == str(host.devices.device)  # put back whatever happens
 
@@ -482,7 +501,7 @@ def test_lowvram_evicts_the_host_model_instead_of_moving_it(env, monkeypatch):
     unet = Placement()
     monkeypatch.setattr(host.shared, "sd_model", SimpleNamespace(model=unet, cond_stage_model=None, lowvram=True))
     gc_before = host.devices.gc_calls
-    with env.job.host_off_device():
+    with host.adapter("host").current().make_room(None, (2, 4, 8, 8)):
         assert host.lowvram.evictions == 1
     assert unet.moves == [] and host.devices.gc_calls == gc_before + 1
 

@@ -21,13 +21,18 @@ TXT2IMG_PATH = "/sdapi/v1/txt2img"
 
 
 def list_models_response() -> dict:
-    """The usable T2V models, and the T2V models found that cannot run here with the reason."""
+    """The usable T2V models, the T2V models found that cannot run here with the reason, and the host
+    as VideoElevator sees it (its family and version, and why jobs are refused in it, if they are)."""
+    from lib_elevator.webui import host
+
     models_found = models.list_models(include_unusable=True)
+    current = host.current()
     return {
         "models": [{"name": m["name"], "kind": m["kind"], "folder": m["folder"]} for m in models_found if m["kind"]],
         "unusable": [{"name": m["name"], "folder": m["folder"], "error": m["error"]} for m in models_found
                      if not m["kind"]],
         "model_folder": models.main_folder(),
+        "host": {"family": current.info.family, "version": current.info.version, "unsupported": current.unsupported()},
     }
 
 

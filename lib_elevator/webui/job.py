@@ -21,7 +21,6 @@ removes every patch, whatever happens (success, error, interrupt, skip).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import logging
@@ -33,12 +32,14 @@ from modules import devices, prompt_parser, sd_samplers_common, shared
 from lib_elevator.elevator import Refiner, latent_projectors, plan_refinement
 from lib_elevator.errors import SettingsError, UserError
 from lib_elevator.noise import TorchNoise, mix_noise
-from lib_elevator.webui import attention, compat, host_model, models, outputs
+from lib_elevator.webui import compat, models, outputs
+from lib_elevator.webui import host as hosts
 from lib_elevator.webui.args import INFOTEXT_KEY, ElevatorArgs, from_positional, is_enabled, to_infotext
 from lib_elevator.webui.sampler_hook import TIMESTEPS, HostSchedule, RefineHooks, segmented
 
 log = logging.getLogger("videoelevator")
 JOB_ATTR = "_videoelevator_job"
+SEGMENTED = "_videoelevator_segmented"  # marks a sampler function we wrapped
 
 
 class VideoElevatorError(RuntimeError):
@@ -50,7 +51,9 @@ class WebUIJob(RefineHooks):
         self.p, self.parsed, self.settings, self.model = p, parsed, parsed.settings, model
         self.frames = parsed.settings.frames
         self.pnp = parsed.settings.pnp
-        self.patched: list = []  # attention modules we patched (removed in release)
+        self.host = hosts.current()
+        self.cross_frames: list = []  # cross-frame attention of each sampling pass (removed in release)
+        self.latent_shape = None  # (frames, C, h, w) of the first pass
         self.hook_error: BaseException | None = None  # an error of a script hook, raised from p.sample
         self.sampled = False  # the wrapped sampler function ran in this job
         self.videos: list = []  # WrittenVideo per batch
@@ -67,28 +70,35 @@ class WebUIJob(RefineHooks):
         self.extra_done = 0  # model evaluations of ours so far (progress)
         # What the host's CFG denoiser saw (on_cfg_denoiser/on_cfg_denoised), for inversion and PnP:
         self.captured_cfg = None  # its inputs of its latest call
-        self.captured_cond: list = []  # (cond rows in, cond rows out) of its latest calls
+        self.captured_cond: list = []  # (cond rows in, cond rows out, in k-form?) of its latest calls
 
     # ------------------------------------------------------------------------ sampling setup
     def before_every_sampling(self, x: torch.Tensor) -> None:
-        p = self.p
-        unet = shared.sd_model.model.diffusion_model
+        p, host = self.p, self.host
         if getattr(p, "is_hr_pass", False):
-            # hires fix: the frames are upscaled as one batch, with cross-frame attention again
-            self.patched += attention.install(unet, self.frames, self.settings.anchor)
+            # hires fix: the frames are upscaled as one batch, with cross-frame attention again (Forge
+            # calls this twice for the hires pass; each call patches a fresh clone, the last one is used)
+            self.cross_frames.append(host.patch_unet(p, self.frames, self.settings.anchor, self.seen_cond_output))
             return
         if x.shape[0] != self.frames:
             raise VideoElevatorError(f"the batch has {x.shape[0]} latents, expected {self.frames} frames")
+        if getattr(p.sampler.func, SEGMENTED, False):
+            return  # already wrapped for this sampler (a host that calls this hook twice)
+        # The model is checked here, not in before_process: a checkpoint override (and Forge's first
+        # load) happens between the two hooks.
+        host.check_model(p)
+        self.latent_shape = tuple(x.shape)
         self.noise = TorchNoise(int(p.seeds[0]))
         base = self.noise.randn((1, *x.shape[1:])).to(x.device, x.dtype)
         x.copy_(mix_noise(base, x, self.settings.noise_mix))  # in place: this tensor goes to the sampler
-        self.patched += attention.install(unet, self.frames, self.settings.anchor)
-        p.sampler.func = segmented(p.sampler.func, self, shared.sd_model.alphas_cumprod, on_run=self.on_run)
+        self.cross_frames.append(host.patch_unet(p, self.frames, self.settings.anchor, self.seen_cond_output))
+        p.sampler.func = segmented(p.sampler.func, self, host.alphas_cumprod(p), on_run=self.on_run)
+        setattr(p.sampler.func, SEGMENTED, True)
         self.prepare()
 
     def prepare(self) -> None:
         """Everything that reads files or runs a text encoder, before the sampler's first step."""
-        state, sd_model = shared.state, shared.sd_model
+        state, p, host = shared.state, self.p, self.host
         state.textinfo = f"VideoElevator: loading {self.model['name']}"
         if state.interrupted or state.skipped:
             return  # the sampler stops at its first call
@@ -104,10 +114,10 @@ class WebUIJob(RefineHooks):
             plain_text(self.settings.t2v_negative_prompt or self.p.negative_prompts[0]),
             devices.device,
         )
-        self.to_t2v, self.to_t2i = latent_projectors(host_model.host_codec(sd_model), host_model.latent_space(sd_model),
-                                                     self.t2v, self.settings.latent_projection)
+        self.to_t2v, self.to_t2i = latent_projectors(host.codec(p), host.latent_space(p), self.t2v,
+                                                     self.settings.latent_projection)
         if not self.settings.inverts_with_negative_prompt:
-            self.empty_cond = host_model.empty_condition(sd_model, self.frames, self.p.width, self.p.height)
+            self.empty_cond = host.empty_condition(p, self.frames)
         state.textinfo = None
 
     # ------------------------------------------------------------------------ RefineHooks
@@ -120,11 +130,12 @@ class WebUIJob(RefineHooks):
         # The refine points name steps of a DDIM schedule with the step count the user asked for.
         schedule = dataclasses.replace(schedule, requested_steps=self.p.steps)
         self.refine_plan = plan_refinement(self.settings, schedule,
-                                           shared.sd_model.alphas_cumprod.detach().double().cpu(),
+                                           self.host.alphas_cumprod(self.p).detach().double().cpu(),
                                            self.t2v.noise_level_table, self.t2v.sampler)
         self.refiner = Refiner(self.t2v, self.settings, self.refine_plan, self.t2v_prompts, self.noise,
                                to_t2v=self.to_t2v, to_t2i=self.to_t2i, before_call=self.before_call,
-                               device=devices.device, offload=models.offload_wanted(), make_room=host_off_device)
+                               device=devices.device, offload=models.offload_wanted(),
+                               make_room=lambda: self.host.make_room(self.p, self.latent_shape))
         return self.refine_plan
 
     def on_run(self, schedule: HostSchedule, plan) -> None:
@@ -158,20 +169,25 @@ class WebUIJob(RefineHooks):
 
     def refine(self, index: int, denoised: torch.Tensor) -> dict:
         text, image = self._text_rows("inversion")
-        invert = host_model.host_denoiser(shared.sd_model, text, image)
+        invert = self.host.denoiser(self.p, text, image)
         groups = self.settings.inversion_anchor_groups
         if groups > 1:  # compat="authors": their inversion anchors frames F/2.. on frame F/2
-            invert = grouped_calls(invert, self.patched, self.frames // groups)
+            invert = grouped_calls(invert, self.cross_frames[-1], self.frames // groups)
         return self.refiner.refine(index, denoised.float(), invert)
 
     def cond_denoised(self, latent: torch.Tensor, sigma: float) -> torch.Tensor:
         self.before_call("pnp")
         text, image = self._text_rows("cond")
-        return host_model.host_denoiser(shared.sd_model, text, image)(latent, sigma)
+        return self.host.denoiser(self.p, text, image)(latent, sigma)
 
     def reused_cond_denoised(self, schedule: HostSchedule, position: int, host_x: torch.Tensor):
         """The host's own cond prediction at `position` when its input was exactly `host_x`."""
-        for x_in, out in reversed(self.captured_cond):
+        for x_in, out, k_form in reversed(self.captured_cond):
+            if k_form:  # Forge: its input in k-form and x0 out; for DDIM it rescaled x in float32 itself
+                x_k = schedule.to_k(host_x, position)
+                if x_in.shape == x_k.shape and torch.allclose(x_in, x_k.to(x_in), rtol=1e-5, atol=0):
+                    return out.float()
+                continue
             if x_in.shape == host_x.shape and torch.equal(x_in, host_x):
                 if schedule.family != TIMESTEPS:
                     return out.float()
@@ -188,12 +204,18 @@ class WebUIJob(RefineHooks):
         cfg = self.captured_cfg
         if cfg is None or cfg.x.shape[0] < self.frames:
             return
-        self.captured_cond = [*self.captured_cond[-1:], (cfg.x[: self.frames], params.x[: self.frames])]
+        self.captured_cond = [*self.captured_cond[-1:], (cfg.x[: self.frames], params.x[: self.frames], False)]
+
+    def seen_cond_output(self, x_k: torch.Tensor, cond_x0: torch.Tensor) -> None:
+        """Forge's post-CFG report (it has no on_cfg_denoised): the call's input and cond x0."""
+        if x_k.shape[0] == self.frames and cond_x0.shape[0] == self.frames:
+            self.captured_cond = [*self.captured_cond[-1:], (x_k, cond_x0, True)]
 
     # ------------------------------------------------------------------------ clean-up
     def release(self) -> None:
-        attention.remove(self.patched)
-        self.patched = []
+        for cross_frame in self.cross_frames:
+            cross_frame.remove()
+        self.cross_frames = []
         if str(shared.state.textinfo or "").startswith("VideoElevator"):
             shared.state.textinfo = None
         self.captured_cfg, self.captured_cond = None, []
@@ -202,35 +224,11 @@ class WebUIJob(RefineHooks):
         devices.torch_gc()
 
 
-@contextlib.contextmanager
-def host_off_device():
-    """Room on the GPU for the T2V model. With --medvram/--lowvram the host's module on the GPU is
-    evicted and its hooks bring modules back on the next UNet call; otherwise the UNet (DiffusionWrapper)
-    and text encoder move to the CPU and are put back before sampling resumes, whatever happens."""
-    sd_model = shared.sd_model
-    if getattr(sd_model, "lowvram", False):
-        from modules import lowvram
-
-        lowvram.send_everything_to_cpu()
-        devices.torch_gc()
-        yield
-        return
-    moved = [m for m in (getattr(sd_model, "model", None), getattr(sd_model, "cond_stage_model", None)) if m is not None]
-    for module in moved:
-        module.to(devices.cpu)
-    devices.torch_gc()
-    try:
-        yield
-    finally:
-        for module in moved:
-            module.to(devices.device)
-
-
-def grouped_calls(denoise, modules, group: int):
+def grouped_calls(denoise, cross_frame, group: int):
     """`denoise` with anchor groups of `group` rows in the patched attention during its calls."""
 
     def run(x, sigma):
-        with attention.grouped(modules, group):
+        with cross_frame.grouped(group):
             return denoise(x, sigma)
 
     return run
@@ -250,9 +248,8 @@ def job_of(p):
 
 
 def before_process(p, args) -> None:
-    unet = getattr(getattr(shared.sd_model, "model", None), "diffusion_model", None)
-    if unet is not None:
-        attention.remove_everywhere(unet)  # leftovers of a crashed job
+    host = hosts.current()
+    host.clean_leftovers()  # of a crashed job
     if not is_enabled(args):
         return
     try:
@@ -261,7 +258,7 @@ def before_process(p, args) -> None:
             return
         compat.check_job(p.sampler_name, p.prompt, p.negative_prompt, getattr(p, "refiner_checkpoint", None),
                          getattr(p, "hr_prompt", None) if getattr(p, "enable_hr", False) else None)
-        check_host_model()
+        hosts.check_supported(host)
         model = models.resolve(parsed.t2v_model)
     except UserError as error:
         fail_job(p, error)
@@ -272,21 +269,6 @@ def before_process(p, args) -> None:
     p.do_not_save_grid = True
     p.extra_generation_params[INFOTEXT_KEY] = to_infotext(parsed)
     wrap_sample(p, job)
-
-
-def check_host_model() -> None:
-    sd_model = shared.sd_model
-    if getattr(sd_model, "is_sd3", False):
-        raise SettingsError("checkpoint", "SD3 checkpoints are not supported; load an SD1.x, SD2.x or SDXL checkpoint")
-    if getattr(getattr(sd_model, "model", None), "conditioning_key", "crossattn") not in ("crossattn", "hybrid"):
-        raise SettingsError("checkpoint", "this checkpoint's conditioning is not supported (unCLIP/edit models)")
-    if getattr(shared.opts, "hypertile_enable_unet", False) or shared.opts.data.get("hypertile_enable_unet"):
-        raise SettingsError("hypertile", "Hypertile U-Net retiles the batch and breaks cross-frame attention; "
-                                         "turn it off in Settings > Hypertile")
-    from modules import sd_unet
-
-    if getattr(sd_unet, "current_unet", None) is not None:
-        raise SettingsError("sd_unet", "an alternative UNet (e.g. TensorRT) is active; it bypasses attention patches")
 
 
 def user_error(p, error: BaseException) -> Exception:

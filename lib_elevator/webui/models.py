@@ -80,9 +80,9 @@ def offload_wanted() -> bool:
         return True
     if policy == "never":
         return False
-    opts = shared.cmd_opts
-    return bool(getattr(opts, "medvram", False) or getattr(opts, "lowvram", False)
-                or (getattr(opts, "medvram_sdxl", False) and getattr(shared.sd_model, "is_sdxl", False)))
+    from lib_elevator.webui import host
+
+    return host.current().offload_by_default()  # A1111: --medvram/--lowvram; Forge: always
 
 
 def host_checkpoint_file() -> str:

@@ -1,4 +1,4 @@
-"""The WebUI's loaded model seen through the core's interfaces: a k-form denoiser for the
+"""AUTOMATIC1111's loaded model seen through the core's interfaces: a k-form denoiser for the
 inversion and PnP calls, the latent space, and a VAE for latent-space projection.
 
 The UNet is called through `sd_model.apply_model`, never `diffusion_model` directly, so the
@@ -34,12 +34,6 @@ def condition_dict(text_cond, image_cond) -> dict:
     return {"c_crossattn": [text_cond], "c_concat": [image_cond]}
 
 
-def repeat_rows(cond, rows: int):
-    if isinstance(cond, dict):
-        return {key: value.expand(rows, *value.shape[1:]) for key, value in cond.items()}
-    return cond.expand(rows, *cond.shape[1:])
-
-
 def host_denoiser(sd_model, text_cond, image_cond) -> Denoiser:
     """D(x, sigma) -> x0 over the rows of `text_cond`, through the host's own UNet call."""
     table = sd_model.alphas_cumprod.detach().double().cpu()
@@ -53,23 +47,6 @@ def host_denoiser(sd_model, text_cond, image_cond) -> Denoiser:
         return denoised_from_output(x, sigma, out.to(x.dtype), kind)
 
     return denoise
-
-
-def empty_condition(sd_model, rows: int, width: int, height: int):
-    """The conditioning of an empty prompt built as the host builds a job's empty negative prompt
-    (`StableDiffusionProcessing.setup_conds`: `SdConditioning([""], is_negative_prompt=True, width, height)`
-    through `get_learned_conditioning`, under `devices.autocast()`), repeated to `rows`.
-
-    SD1/SD2: the encoded "". SDXL (`sd_models_xl.get_learned_conditioning`): the size embeddings of this
-    job's width/height (the host's default is 1024x1024 for a bare list) and, because the prompt is an
-    empty negative one, zeros for the text embedders' outputs (`force_zero_embeddings=['txt']`): zero
-    context and zero pooled part of the vector, the same conditioning as the host's own uncond rows."""
-    from modules import devices, prompt_parser
-
-    texts = prompt_parser.SdConditioning([""], is_negative_prompt=True, width=width, height=height)
-    with torch.no_grad(), devices.autocast():
-        cond = sd_model.get_learned_conditioning(texts)
-    return repeat_rows(cond, rows)
 
 
 def _vae_device(sd_model, vae) -> torch.device:

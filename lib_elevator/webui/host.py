@@ -1,0 +1,189 @@
+"""The seam between the job and the WebUI it runs in: one `Host` per process, chosen once.
+
+Everything the job needs from the host's *model* goes through a `Host`; everything else (the Script
+hooks, `p`, `shared.state`, the sampler function, infotext, outputs, the API) is common to
+AUTOMATIC1111 and Forge and stays in the job. The two implementations live in their own packages:
+
+    a1111/  AUTOMATIC1111 v1.10.x: the UNet is `shared.sd_model.model.diffusion_model` (ldm/sgm); its
+            self-attention modules get an instance `forward` for the job and lose it afterwards;
+            rows are [cond frames | uncond frames]; x0 comes from `sd_model.apply_model`.
+    forge/  Forge (the 2024+ backend, `backend.*`): the UNet is a `UnetPatcher` that the host clones
+            for every sampling pass; the attn1 patch goes on our clone and dies with it; rows are
+            chunks of frames in `cond_or_uncond` order (uncond first); x0 comes from Forge's own
+            batched call, so its patches apply.
+
+Only `forge/host.py` imports Forge's modules. `detect()` names the host from what is importable;
+`current()` builds its `Host` once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+from dataclasses import dataclass
+
+import torch
+
+from lib_elevator.errors import SettingsError
+
+A1111, FORGE, FORGE_CLASSIC = "AUTOMATIC1111", "Forge", "Forge (old backend)"
+
+
+@dataclass
+class HostInfo:
+    family: str  # A1111, FORGE or FORGE_CLASSIC
+    version: str  # the host's git tag or commit, as its footer shows it ("" when unknown)
+
+    def __str__(self) -> str:
+        return f"{self.family} {self.version}".strip()
+
+
+def _importable(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def detect() -> HostInfo:
+    """Forge's 2024+ backend (`backend.patcher.unet`; also its descendants ersatzForge and Neo), the
+    old Forge backend (`modules_forge.unet_patcher` / `ldm_patched`: Forge before August 2024, Forge
+    Classic, reForge), or AUTOMATIC1111."""
+    if _importable("modules_forge") and _importable("backend.patcher.unet"):
+        family = FORGE
+    elif _importable("modules_forge.unet_patcher") or _importable("ldm_patched"):
+        family = FORGE_CLASSIC
+    else:
+        family = A1111
+    return HostInfo(family, _version())
+
+
+def _version() -> str:
+    try:
+        from modules import launch_utils
+
+        return str(launch_utils.git_tag() or "")
+    except Exception:  # an unusual install (no git, no tag): the family alone names the host
+        return ""
+
+
+class Host:
+    """What the job asks of the host's model. Row layouts, patch scoping, memory and the noise schedule
+    differ between hosts; the meaning of every call does not."""
+
+    info: HostInfo
+
+    def unsupported(self) -> str | None:
+        """Why VideoElevator cannot run in this host, or None."""
+        return None
+
+    def check_model(self, p) -> None:
+        """Raise SettingsError when the loaded checkpoint or a host setting rules the job out."""
+
+    def clean_leftovers(self) -> None:
+        """Undo what a crashed job may have left on the host's model (before every job)."""
+
+    def patch_unet(self, p, frames: int, anchor: str, on_cond_output) -> CrossFrame:
+        """Cross-frame attention for this sampling pass (called again for the hires pass).
+        `on_cond_output(x_k, cond_x0)` is called with each host UNet call's input (k-form) and cond
+        prediction where the host has no `on_cfg_denoised` (Forge); hosts that fire it ignore it."""
+        raise NotImplementedError
+
+    def alphas_cumprod(self, p) -> torch.Tensor:
+        """The checkpoint's training schedule (1000 entries)."""
+        raise NotImplementedError
+
+    def denoiser(self, p, text_cond, image_cond):
+        """D(x_k, sigma) -> x0 over the rows of `text_cond` (frames), through the host's own UNet call
+        with the current patches (cross-frame attention, LoRA)."""
+        raise NotImplementedError
+
+    def codec(self, p):
+        """The host's VAE as a `VaeCodec` (latent projection between latent spaces)."""
+        raise NotImplementedError
+
+    def latent_space(self, p):
+        raise NotImplementedError
+
+    def make_room(self, p, latent_shape):
+        """A context manager: the GPU is the T2V model's inside it, the host's UNet is ready to sample
+        again after it, whatever happens inside."""
+        return contextlib.nullcontext()
+
+    def offload_by_default(self) -> bool:
+        """Whether the T2V model leaves the GPU between refine steps when the setting says "auto"."""
+        return False
+
+    def empty_condition(self, p, rows: int):
+        """The conditioning of an empty prompt built as the host builds a job's empty negative prompt
+        (`SdConditioning([""], is_negative_prompt=True, width, height)` through
+        `get_learned_conditioning`), repeated to `rows`. Both hosts build it the same way: for SDXL,
+        the size embeddings of this job's width/height and zeros for the text embedders' outputs (an
+        empty negative prompt), the same conditioning as the host's own uncond rows."""
+        from modules import devices, prompt_parser, shared
+
+        texts = prompt_parser.SdConditioning([""], is_negative_prompt=True, width=p.width, height=p.height)
+        with torch.no_grad(), devices.autocast():
+            cond = shared.sd_model.get_learned_conditioning(texts)
+        return repeat_rows(cond, rows)
+
+
+class CrossFrame:
+    """Cross-frame attention as installed for one sampling pass."""
+
+    def grouped(self, group: int):
+        """Anchor groups of `group` rows for a while (the authors' inversion: two groups of F/2)."""
+        return contextlib.nullcontext()
+
+    def remove(self) -> None:
+        """Take the patch out again (nothing to do where the host discards it)."""
+
+
+def repeat_rows(cond, rows: int):
+    if isinstance(cond, dict):  # SDXL: {"crossattn", "vector"}
+        return {key: value.expand(rows, *value.shape[1:]) for key, value in cond.items()}
+    return cond.expand(rows, *cond.shape[1:])
+
+
+class UnsupportedHost(Host):
+    """A host whose names VideoElevator does not know: every job is refused with a message."""
+
+    def __init__(self, info: HostInfo, reason: str):
+        self.info, self.reason = info, reason
+
+    def unsupported(self) -> str | None:
+        return self.reason
+
+
+_current: Host | None = None
+
+
+def current() -> Host:
+    global _current
+    if _current is None:
+        _current = build(detect())
+    return _current
+
+
+def build(info: HostInfo) -> Host:
+    if info.family == FORGE:
+        try:
+            from lib_elevator.webui.forge.host import ForgeHost
+
+            return ForgeHost(info)
+        except (ImportError, AttributeError) as error:  # a descendant that renamed what we use
+            return UnsupportedHost(info, f"this Forge ({info}) lacks a name VideoElevator uses ({error}); "
+                                        "it was tested with Forge main @ dfdcbab6")
+    if info.family == FORGE_CLASSIC:
+        return UnsupportedHost(info, f"{info} (ldm_patched / modules_forge.unet_patcher: Forge before "
+                                     "August 2024, Forge Classic, reForge) is not supported; use AUTOMATIC1111 "
+                                     "v1.10 or Forge main")
+    from lib_elevator.webui.a1111.host import A1111Host
+
+    return A1111Host(info)
+
+
+def check_supported(host: Host) -> None:
+    reason = host.unsupported()
+    if reason:
+        raise SettingsError("host", reason)
