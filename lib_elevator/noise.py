@@ -35,6 +35,24 @@ class TorchNoise:
         return torch.randn(tuple(shape), generator=self.generator, dtype=torch.float32)
 
 
+class WebUIJobNoise:
+    """The draws a WebUI job with seed `seed` makes, in the standalone pipeline's order: the base
+    noise from the job's own generator, then the residuals as the host draws them (one CPU generator
+    per frame, seeded seed + k: the host's per-image seeds of one batch), then the job's generator for
+    every later draw (SDEdit, LCM). With it the standalone pipeline replays a WebUI job draw for draw
+    (both AUTOMATIC1111 and Forge draw their initial noise this way on the CPU)."""
+
+    def __init__(self, seed: int):
+        self.seed, self.job, self.draws = int(seed), TorchNoise(seed), 0
+
+    def randn(self, shape: tuple[int, ...]) -> torch.Tensor:
+        self.draws += 1
+        if self.draws == 2:
+            return torch.stack([torch.randn(tuple(shape[1:]), generator=torch.Generator().manual_seed(self.seed + k))
+                                for k in range(shape[0])])
+        return self.job.randn(shape)
+
+
 def mix_noise(base: torch.Tensor, residual: torch.Tensor, alpha: float) -> torch.Tensor:
     """(alpha * base + residual) / sqrt(1 + alpha^2): unit variance per element, and two frames
     sharing `base` correlate by alpha^2 / (1 + alpha^2).

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lib_elevator.filters import FilterSpec, _fft_order_mask, lowpass_mask, temporal_lowpass
-from lib_elevator.noise import TorchNoise, mix_noise, mixed_noise
+from lib_elevator.noise import TorchNoise, WebUIJobNoise, mix_noise, mixed_noise
 from lib_elevator.schedule import (
     RefinePoint,
     alphas_cumprod,
@@ -53,6 +53,17 @@ def test_noise_is_reproducible_per_seed_and_drawn_base_first():
     assert torch.allclose(a, (base + residual) / math.sqrt(2.0))
     with pytest.raises(ValueError, match="alpha"):
         mix_noise(base, residual, -1.0)
+
+
+def test_webui_job_noise_replays_the_hosts_draws():
+    """Base from the job's generator, residuals from the host's per-image seeds, then the job's again."""
+    noise = WebUIJobNoise(7)
+    base, residual, later = noise.randn((1, 4, 2, 2)), noise.randn((3, 4, 2, 2)), noise.randn((3, 4, 2, 2))
+    job = torch.Generator().manual_seed(7)
+    assert torch.equal(base, torch.randn((1, 4, 2, 2), generator=job))
+    assert torch.equal(later, torch.randn((3, 4, 2, 2), generator=job))
+    for k in range(3):
+        assert torch.equal(residual[k], torch.randn((4, 2, 2), generator=torch.Generator().manual_seed(7 + k)))
 
 
 # ------------------------------------------------------------------------------------ filter

@@ -234,6 +234,11 @@ def test_before_every_sampling_mixes_the_noise_in_place_patches_and_wraps(env):
     # the T2V model was loaded and its prompts encoded before the sampler starts
     assert [model["name"] for model in env.loaded] == ["tiny-zs"] and job.t2v_prompts is not None
     assert job.refine_plan is None  # planning waits for the sampler's schedule
+    # a host calling the hook again for the same sampler (Forge's hires pass does) changes nothing
+    mixed, wrapped = x.clone(), p.sampler.func
+    env.job.process_before_every_sampling(p, x)
+    assert p.sampler.func is wrapped and torch.equal(x, mixed) and len(env.loaded) == 1
+    assert len(wrapped_modules(env)) == 2  # patched again, not twice
 
 
 def test_the_hires_pass_gets_attention_but_no_refinement(env):

@@ -83,7 +83,10 @@ class WebUIJob(RefineHooks):
         if x.shape[0] != self.frames:
             raise VideoElevatorError(f"the batch has {x.shape[0]} latents, expected {self.frames} frames")
         if getattr(p.sampler.func, SEGMENTED, False):
-            return  # already wrapped for this sampler (a host that calls this hook twice)
+            # a host calling this hook twice for one sampler: the noise is mixed and the sampler wrapped
+            # already; only the patch goes on again, on whatever UNet (clone) will sample now
+            self.cross_frames.append(host.patch_unet(p, self.frames, self.settings.anchor, self.seen_cond_output))
+            return
         # The model is checked here, not in before_process: a checkpoint override (and Forge's first
         # load) happens between the two hooks.
         host.check_model(p)

@@ -1,6 +1,8 @@
 """The txt2img accordion, built from the table of controls in args.py (`CONTROLS`): one component per
 entry, laid out by section (main, Advanced, output) and row, returned in the table's order = the
-positional API order. Only gradio features of both gradio 3.41 and 4.x are used (a Forge port follows)."""
+positional API order. Only gradio features of both gradio 3.41 (AUTOMATIC1111) and 4.40 (Forge) are used:
+no `.style()`, `gr.update` for every change, a model dropdown that accepts a value it does not list (a
+model deleted since, or none yet: gradio 4 refuses such a value otherwise)."""
 
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ def _component(control: Control, value, choices):
     if kind == ve_args.TEXTBOX:
         return gr.Textbox(lines=control.lines, **common)
     if kind == ve_args.DROPDOWN:
-        return gr.Dropdown(choices=choices, **common)
+        return gr.Dropdown(choices=choices, allow_custom_value=control.host_choices, **common)
     if kind == ve_args.RADIO:
         return gr.Radio(choices=choices, **common)
     if kind == ve_args.CHECKBOX_GROUP:
