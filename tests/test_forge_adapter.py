@@ -224,3 +224,55 @@ def test_only_sd_checkpoints_with_a_discrete_schedule_are_elevated(forge):
     forge.p.sd_model = SimpleNamespace(is_sd1=False, is_sdxl=False, forge_objects=forge.p.sd_model.forge_objects)
     with pytest.raises(ValueError, match="checkpoint: SimpleNamespace checkpoints are not supported"):
         forge.host.check_model(forge.p)
+
+
+# ------------------------------------------------------------------------------ which host
+
+
+def fake_modules(monkeypatch, *names):
+    """Make `names` importable (find_spec finds them) for one test."""
+    import importlib.machinery
+
+    for name in names:
+        module = types.ModuleType(name)
+        module.__spec__ = importlib.machinery.ModuleSpec(name, None)
+        monkeypatch.setitem(sys.modules, name, module)
+
+
+@pytest.mark.parametrize("present, family", [
+    ((), "AUTOMATIC1111"),
+    (("modules_forge", "backend", "backend.patcher", "backend.patcher.unet"), "Forge"),
+    (("modules_forge", "modules_forge.unet_patcher"), "Forge (old backend)"),
+    (("ldm_patched",), "Forge (old backend)"),
+], ids=["a1111", "forge", "forge1 (reForge)", "forge1 (Classic)"])
+def test_the_host_family_is_told_by_what_imports(monkeypatch, present, family):
+    from lib_elevator.webui import host
+
+    for name in ("modules_forge", "modules_forge.unet_patcher", "backend", "backend.patcher",
+                 "backend.patcher.unet", "ldm_patched"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    fake_modules(monkeypatch, *present)
+    assert host.detect().family == family
+
+
+def test_an_old_forge_backend_is_refused_by_name(monkeypatch):
+    from lib_elevator.errors import SettingsError
+    from lib_elevator.webui import host
+
+    info = host.HostInfo(host.FORGE_CLASSIC, "v1.10.1-RC-1.7.0", "Panchovix/stable-diffusion-webui-reForge")
+    refused = host.build(info)
+    assert "reForge" in refused.unsupported() and "v1.10.1-RC-1.7.0" in refused.unsupported()
+    with pytest.raises(SettingsError, match="host: Forge \\(old backend\\) v1.10.1-RC-1.7.0"):
+        host.check_supported(refused)
+
+
+def test_a_forge_that_renamed_what_we_use_is_refused_not_crashed(monkeypatch):
+    """A descendant without backend.sampling.sampling_function (say): the adapter cannot import."""
+    from lib_elevator.webui import host
+
+    fake_modules(monkeypatch, "backend", "backend.memory_management")
+    monkeypatch.delitem(sys.modules, "lib_elevator.webui.forge.host", raising=False)
+    monkeypatch.setitem(sys.modules, "backend.sampling", None)  # import of it raises ImportError
+    refused = host.build(host.HostInfo(host.FORGE, "f9.9", "someone/forge-fork"))
+    assert "lacks a name VideoElevator uses" in refused.unsupported()
+    assert "f9.9 (someone/forge-fork)" in refused.unsupported()

@@ -131,7 +131,13 @@ BAD_JOBS = [
     ("prompt", {}, {"prompt": "a cat AND a dog"}, None),
     ("prompt", {}, {"prompt": ["a boat", "a cat AND a dog"]}, None),
     ("refiner_checkpoint", {}, {"refiner_checkpoint": "sd_xl_refiner"}, None),
+    ("host", {}, {}, lambda host: unsupported_host(host.adapter("host"))),
 ]
+
+
+def unsupported_host(hosts):
+    info = hosts.HostInfo(hosts.FORGE_CLASSIC, "v1.10.1-RC-1.7.0")
+    hosts._current = hosts.build(info)  # what current() returns in such a host
 
 
 @pytest.mark.parametrize("field, ve, fields, setup", BAD_JOBS, ids=[f"{b[0]}-{i}" for i, b in enumerate(BAD_JOBS)])

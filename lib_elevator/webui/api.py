@@ -32,7 +32,8 @@ def list_models_response() -> dict:
         "unusable": [{"name": m["name"], "folder": m["folder"], "error": m["error"]} for m in models_found
                      if not m["kind"]],
         "model_folder": models.main_folder(),
-        "host": {"family": current.info.family, "version": current.info.version, "unsupported": current.unsupported()},
+        "host": {"family": current.info.family, "version": current.info.version,
+                 "repository": current.info.repository, "unsupported": current.unsupported()},
     }
 
 

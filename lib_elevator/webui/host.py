@@ -32,10 +32,12 @@ A1111, FORGE, FORGE_CLASSIC = "AUTOMATIC1111", "Forge", "Forge (old backend)"
 @dataclass
 class HostInfo:
     family: str  # A1111, FORGE or FORGE_CLASSIC
-    version: str  # the host's git tag or commit, as its footer shows it ("" when unknown)
+    version: str  # the host's git tag, as its footer shows it ("" when unknown)
+    repository: str = ""  # owner/name of its git remote, which tells the Forge variants apart
 
     def __str__(self) -> str:
-        return f"{self.family} {self.version}".strip()
+        where = f" ({self.repository})" if self.repository else ""
+        return f"{self.family} {self.version}".strip() + where
 
 
 def _importable(name: str) -> bool:
@@ -55,7 +57,7 @@ def detect() -> HostInfo:
         family = FORGE_CLASSIC
     else:
         family = A1111
-    return HostInfo(family, _version())
+    return HostInfo(family, _version(), _repository())
 
 
 def _version() -> str:
@@ -65,6 +67,22 @@ def _version() -> str:
         return str(launch_utils.git_tag() or "")
     except Exception:  # an unusual install (no git, no tag): the family alone names the host
         return ""
+
+
+def _repository() -> str:
+    """owner/name of the host's git remote (e.g. lllyasviel/stable-diffusion-webui-forge,
+    Haoming02/sd-webui-forge-classic, DenOfEquity/ersatzForge, Panchovix/stable-diffusion-webui-reForge)."""
+    try:
+        import subprocess
+
+        from modules import paths_internal
+
+        url = subprocess.run(["git", "-C", paths_internal.script_path, "config", "--get", "remote.origin.url"],
+                             capture_output=True, text=True, timeout=10).stdout.strip()
+    except Exception:  # no git, no remote, an unusual install
+        return ""
+    parts = url.removesuffix(".git").replace(":", "/").rstrip("/").split("/")
+    return "/".join(parts[-2:]) if len(parts) >= 2 else ""
 
 
 class Host:
