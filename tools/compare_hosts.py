@@ -18,12 +18,14 @@ import io
 import itertools
 import json
 import os
+import sys
 import time
 import urllib.request
 
 import numpy as np
 from PIL import Image
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # lib_elevator, run from anywhere
 PROMPT, NEGATIVE = "a lighthouse in a storm", "blurry"
 
 
@@ -83,10 +85,10 @@ def main() -> None:
     start = time.perf_counter()
     frames["standalone"] = standalone_frames(args.checkpoint, args.t2v, args)
     print(f"standalone: {len(frames['standalone'])} frames in {time.perf_counter() - start:.0f} s")
-    print("| pair | max | mean | pixels equal |\n| --- | --- | --- | --- |")
+    print("| pair | max | mean | values that differ |\n| --- | --- | --- | --- |")
     for a, b in itertools.combinations(frames, 2):
         diff = np.abs(frames[a].astype(int) - frames[b].astype(int))
-        print(f"| {a} vs {b} | {diff.max()} | {diff.mean():.3f} | {(diff == 0).mean():.1%} |")
+        print(f"| {a} vs {b} | {diff.max()} | {diff.mean():.4f} | {(diff != 0).sum()} of {diff.size} |")
 
 
 if __name__ == "__main__":

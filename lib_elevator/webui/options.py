@@ -20,7 +20,7 @@ def on_ui_settings() -> None:
         component_args=shared.hide_dirs))
     add("videoelevator_offload", shared.OptionInfo(
         "auto", "Keep the T2V model on the CPU between refine steps", gr.Radio,
-        {"choices": list(OFFLOAD_POLICIES)}, section=SECTION).info("auto: with --medvram or --lowvram"))
+        {"choices": list(OFFLOAD_POLICIES)}, section=SECTION).info("auto: with --medvram or --lowvram; always in Forge"))
     add("videoelevator_allow_pickle", shared.OptionInfo(
         False, "Read pickled T2V weights (.ckpt/.pt) with torch's weights-only loader", section=SECTION).info(
         "VideoCrafter2 and some AnimateDiff modules ship only as pickles; without this they are listed as unusable "
