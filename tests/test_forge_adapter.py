@@ -246,33 +246,33 @@ def fake_modules(monkeypatch, *names):
     (("ldm_patched",), "Forge (old backend)"),
 ], ids=["a1111", "forge", "forge1 (reForge)", "forge1 (Classic)"])
 def test_the_host_family_is_told_by_what_imports(monkeypatch, present, family):
-    from lib_elevator.webui import host
+    from lib_elevator.webui import hosts
 
     for name in ("modules_forge", "modules_forge.unet_patcher", "backend", "backend.patcher",
                  "backend.patcher.unet", "ldm_patched"):
         monkeypatch.delitem(sys.modules, name, raising=False)
     fake_modules(monkeypatch, *present)
-    assert host.detect().family == family
+    assert hosts.detect().family == family
 
 
 def test_an_old_forge_backend_is_refused_by_name(monkeypatch):
     from lib_elevator.errors import SettingsError
-    from lib_elevator.webui import host
+    from lib_elevator.webui import host, hosts
 
     info = host.HostInfo(host.FORGE_CLASSIC, "v1.10.1-RC-1.7.0", "Panchovix/stable-diffusion-webui-reForge")
-    refused = host.build(info)
+    refused = hosts.build(info)
     assert "reForge" in refused.unsupported() and "v1.10.1-RC-1.7.0" in refused.unsupported()
     with pytest.raises(SettingsError, match="host: Forge \\(old backend\\) v1.10.1-RC-1.7.0"):
-        host.check_supported(refused)
+        hosts.check_supported(refused)
 
 
 def test_a_forge_that_renamed_what_we_use_is_refused_not_crashed(monkeypatch):
     """A descendant without backend.sampling.sampling_function (say): the adapter cannot import."""
-    from lib_elevator.webui import host
+    from lib_elevator.webui import host, hosts
 
     fake_modules(monkeypatch, "backend", "backend.memory_management")
     monkeypatch.delitem(sys.modules, "lib_elevator.webui.forge.host", raising=False)
     monkeypatch.setitem(sys.modules, "backend.sampling", None)  # import of it raises ImportError
-    refused = host.build(host.HostInfo(host.FORGE, "f9.9", "someone/forge-fork"))
+    refused = hosts.build(host.HostInfo(host.FORGE, "f9.9", "someone/forge-fork"))
     assert "lacks a name VideoElevator uses" in refused.unsupported()
     assert "f9.9 (someone/forge-fork)" in refused.unsupported()

@@ -201,7 +201,7 @@ def test_empty_condition_is_the_hosts_empty_negative_prompt_for_this_job(tmp_pat
     from host_stub import installed
 
     with installed(tmp_path) as host:
-        adapter = host.adapter("host").current()
+        adapter = host.adapter("hosts").current()
         from modules import prompt_parser
 
         seen = []

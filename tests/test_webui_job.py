@@ -131,7 +131,7 @@ BAD_JOBS = [
     ("prompt", {}, {"prompt": "a cat AND a dog"}, None),
     ("prompt", {}, {"prompt": ["a boat", "a cat AND a dog"]}, None),
     ("refiner_checkpoint", {}, {"refiner_checkpoint": "sd_xl_refiner"}, None),
-    ("host", {}, {}, lambda host: unsupported_host(host.adapter("host"))),
+    ("host", {}, {}, lambda host: unsupported_host(host.adapter("hosts"))),
 ]
 
 
@@ -498,7 +498,7 @@ def test_room_for_the_t2v_model_moves_the_host_model_off_and_back(env, monkeypat
     host = env.host
     unet, text = Placement(), Placement()
     monkeypatch.setattr(host.shared, "sd_model", SimpleNamespace(model=unet, cond_stage_model=text, lowvram=False))
-    host_adapter = env.host.adapter("host").current()
+    host_adapter = env.host.adapter("hosts").current()
     with host_adapter.make_room(None, (2, 4, 8, 8)):
         assert unet.moves == ["cpu"] and text.moves == ["cpu"]
     assert unet.moves == ["cpu", str(host.devices.device)] and text.moves[-1] == str(host.devices.device)
@@ -512,7 +512,7 @@ def test_lowvram_evicts_the_host_model_instead_of_moving_it(env, monkeypatch):
     unet = Placement()
     monkeypatch.setattr(host.shared, "sd_model", SimpleNamespace(model=unet, cond_stage_model=None, lowvram=True))
     gc_before = host.devices.gc_calls
-    with host.adapter("host").current().make_room(None, (2, 4, 8, 8)):
+    with host.adapter("hosts").current().make_room(None, (2, 4, 8, 8)):
         assert host.lowvram.evictions == 1
     assert unet.moves == [] and host.devices.gc_calls == gc_before + 1
 

@@ -23,10 +23,10 @@ TXT2IMG_PATH = "/sdapi/v1/txt2img"
 def list_models_response() -> dict:
     """The usable T2V models, the T2V models found that cannot run here with the reason, and the host
     as VideoElevator sees it (its family and version, and why jobs are refused in it, if they are)."""
-    from lib_elevator.webui import host
+    from lib_elevator.webui import hosts
 
     models_found = models.list_models(include_unusable=True)
-    current = host.current()
+    current = hosts.current()
     return {
         "models": [{"name": m["name"], "kind": m["kind"], "folder": m["folder"]} for m in models_found if m["kind"]],
         "unusable": [{"name": m["name"], "folder": m["folder"], "error": m["error"]} for m in models_found

@@ -32,8 +32,7 @@ from modules import devices, prompt_parser, sd_samplers_common, shared
 from lib_elevator.elevator import Refiner, latent_projectors, plan_refinement
 from lib_elevator.errors import SettingsError, UserError
 from lib_elevator.noise import TorchNoise, mix_noise
-from lib_elevator.webui import compat, models, outputs
-from lib_elevator.webui import host as hosts
+from lib_elevator.webui import compat, hosts, models, outputs
 from lib_elevator.webui.args import INFOTEXT_KEY, ElevatorArgs, from_positional, is_enabled, to_infotext
 from lib_elevator.webui.sampler_hook import TIMESTEPS, HostSchedule, RefineHooks, segmented
 

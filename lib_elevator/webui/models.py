@@ -80,9 +80,9 @@ def offload_wanted() -> bool:
         return True
     if policy == "never":
         return False
-    from lib_elevator.webui import host
+    from lib_elevator.webui import hosts
 
-    return host.current().offload_by_default()  # A1111: --medvram/--lowvram; Forge: always
+    return hosts.current().offload_by_default()  # A1111: --medvram/--lowvram; Forge: always
 
 
 def host_checkpoint_file() -> str:
