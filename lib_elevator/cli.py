@@ -96,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
         "and SDEdit start, filter masks; see docs/algorithm.md)",
     )
     gen.add_argument("--t2v-fps", type=int, help="frame rate a VideoCrafter2 model is conditioned on (default 28)")
+    gen.add_argument("--t2v-window", type=int,
+                     help="frames the T2V model sees at once (default 0: its native length, 16 or 24); longer videos "
+                          "are refined in overlapping windows")
+    gen.add_argument("--t2v-overlap", type=int, help="frames shared by neighbouring T2V windows (default 4)")
     gen.add_argument("--t2v-prompt", help="prompt for the T2V model (default: --prompt)")
     gen.add_argument("--t2v-negative-prompt", help="negative prompt for the T2V model (default: --negative-prompt)")
     gen.add_argument("--fps", type=int, default=8)
@@ -159,6 +163,8 @@ def settings_from_args(args) -> Settings:
             "t2v_negative_prompt",
             "compat",
             "t2v_fps",
+            "t2v_window",
+            "t2v_overlap",
         )
         if getattr(args, name) is not None
     }

@@ -145,6 +145,17 @@ def latent_projectors(t2i_codec: VaeCodec, t2i_space: LatentSpace, t2v: T2VBacke
     return to_t2v, to_t2v.reverse()
 
 
+def t2v_windows(settings: Settings, t2v: T2VBackend) -> tuple[int, int]:
+    """(window, overlap) of the T2V model's calls for this job; SettingsError when the model cannot take
+    that many frames at once (a motion module's positions)."""
+    window, overlap = settings.t2v_windows(t2v.native_frames)
+    if t2v.max_frames is not None and min(window, settings.frames) > t2v.max_frames:
+        field = "t2v_window" if settings.t2v_window else "frames"
+        raise SettingsError(field, f"{t2v.name or t2v.kind} takes at most {t2v.max_frames} frames at once; "
+                                   f"set the T2V window to {t2v.max_frames} or less")
+    return window, overlap
+
+
 class Refiner:
     """Runs the refine steps of one video.
 
@@ -194,6 +205,7 @@ class Refiner:
             clean = temporal_lowpass(clean, self.filter_spec)
         if self.to_t2v is not None:
             clean = self.to_t2v(clean)
+        window, overlap = t2v_windows(self.settings, self.t2v)
         with self._t2v_on_device():
             clean = self.t2v.denoise(
                 clean,
@@ -204,6 +216,8 @@ class Refiner:
                 self.noise,
                 before_call=lambda: self.before_call("t2v"),
                 unused_draw=self.plan.t2v_unused_draw.get(index, False),
+                window=window,
+                overlap=overlap,
             )
         if self.to_t2i is not None:
             clean = self.to_t2i(clean)

@@ -100,6 +100,8 @@ class Settings:
     latent_projection: str = "auto"
     compat: str = "none"
     t2v_fps: int = 28  # the frame rate a T2V model is conditioned on (VideoCrafter2); the others ignore it
+    t2v_window: int = 0  # frames the T2V model sees at once; 0 = its native length (longer videos: windows)
+    t2v_overlap: int = 4  # frames shared by neighbouring windows, blended linearly
     fps: int = 8
     formats: tuple[str, ...] = field(default=("MP4",))
 
@@ -122,6 +124,12 @@ class Settings:
         with compat="authors" (their processor splits every batch in two: frames from F/2 on attend
         to frame F/2)."""
         return 2 if self.compat == "authors" else 1
+
+    def t2v_windows(self, native_frames: int) -> tuple[int, int]:
+        """(window, overlap) of the T2V model's calls: the setting, or the model's native length; an
+        overlap that does not fit a short native window is cut to half of it."""
+        window = self.t2v_window or native_frames
+        return window, min(self.t2v_overlap, window // 2 if not self.t2v_window else window - 1)
 
     def filter_spec(self) -> FilterSpec:
         convention = "authors" if self.compat == "authors" else "exact"
@@ -197,6 +205,17 @@ class Settings:
             isinstance(self.t2v_fps, int) and 1 <= self.t2v_fps <= 60,
             "t2v_fps",
             f"must be between 1 and 60; got {self.t2v_fps!r}",
+        )
+        need(
+            isinstance(self.t2v_window, int) and (self.t2v_window == 0 or 2 <= self.t2v_window <= MAX_FRAMES),
+            "t2v_window",
+            f"must be 0 (the T2V model's native length) or between 2 and {MAX_FRAMES} frames; got {self.t2v_window!r}",
+        )
+        need(
+            isinstance(self.t2v_overlap, int) and self.t2v_overlap >= 0
+            and (self.t2v_window == 0 or self.t2v_overlap < self.t2v_window),
+            "t2v_overlap",
+            f"must be 0 or more and less than the window ({self.t2v_window}); got {self.t2v_overlap!r}",
         )
         need(isinstance(self.fps, int) and 1 <= self.fps <= 60, "fps", f"must be between 1 and 60; got {self.fps!r}")
         need(

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from lib_elevator.cross_frame import cross_frame_attention, grouped
-from lib_elevator.elevator import RefinePlan, Refiner, latent_projectors, plan_refinement
+from lib_elevator.elevator import RefinePlan, Refiner, latent_projectors, plan_refinement, t2v_windows
 from lib_elevator.inversion import euler_step, pnp_correction
 from lib_elevator.latent_space import diffusers_codec
 from lib_elevator.noise import NoiseSource, TorchNoise, mixed_noise
@@ -116,6 +116,7 @@ def generate(
     check_job(job, t2i, settings)
     schedule = make_schedule(job.schedule, t2i, job.steps)
     plan = plan_refinement(settings, schedule, t2i.alphas_cumprod, t2v.noise_level_table, t2v.sampler)
+    t2v_windows(settings, t2v)
     if on_plan is not None:
         on_plan(plan)
     noise = noise or TorchNoise(job.seed)

@@ -97,6 +97,34 @@ def test_animatelcm_with_its_preset(models, tmp_path):
         assert image.n_frames == 4
 
 
+@pytest.mark.parametrize("t2v, window", [("zeroscope", 24), ("animatelcm", 16)])
+def test_a_40_frame_video_is_refined_in_windows(models, tmp_path, monkeypatch, t2v, window):
+    """40 frames: more than ZeroScope's 24-frame clips and than the motion module's 32 positions."""
+    from lib_elevator.t2v import registry
+
+    seen = []
+    real_load = registry.load_t2v
+
+    def load_and_watch(*args, **kwargs):
+        backend = real_load(*args, **kwargs)
+        real_output = backend.model_output
+        backend.model_output = lambda video, t, context: seen.append(video.shape[2]) or real_output(video, t, context)
+        return backend
+
+    monkeypatch.setattr(registry, "load_t2v", load_and_watch)
+    out = tmp_path / "long.mp4"
+    assert generate(models, out, t2v=t2v, extra=["--frames", "40", "--steps", "6", "--refine-points", "50%"]) == 0
+    assert read_mp4_frame_count(str(out)) == 40
+    assert seen and set(seen) == {window}  # every T2V call saw one window of the model's native length
+
+
+def test_a_window_the_motion_module_cannot_take_is_refused(models, tmp_path, capsys):
+    capsys.readouterr()
+    assert generate(models, tmp_path / "x.png", t2v="animatelcm", extra=["--frames", "40", "--t2v-window", "40"]) == 2
+    err = capsys.readouterr().err
+    assert "t2v_window: " in err and "takes at most 32 frames at once" in err
+
+
 def test_sdxl_with_an_sd1_video_model_projects_latents(models, tmp_path, capsys):
     assert generate(models, tmp_path / "xl.gif", t2i="sdxl") == 0
     assert "'t2v': 4" in capsys.readouterr().err  # two refine points, two T2V steps each

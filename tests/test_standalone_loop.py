@@ -44,8 +44,9 @@ class StubT2V(T2VBackend):
 class EchoT2V(StubT2V):
     """Returns the clean latent it is given: isolates what the orchestrator itself does."""
 
-    def denoise(self, clean, start, timesteps, prompts, guidance, noise, before_call=None, unused_draw=False):
-        self.seen = dict(start=start, timesteps=list(timesteps))
+    def denoise(self, clean, start, timesteps, prompts, guidance, noise, before_call=None, unused_draw=False,
+                window=None, overlap=0):
+        self.seen = dict(start=start, timesteps=list(timesteps), window=window, overlap=overlap)
         return clean
 
 
@@ -197,7 +198,10 @@ def test_orchestrator_with_an_echo_t2v_filters_except_at_the_last_step():
     assert torch.allclose(refiner.refine_clean(2, clean), temporal_lowpass(clean, settings.filter_spec()))
     # T2V noise level: the T2V timestep with the T2I's sigma (same table here), stride 1000/50
     start = 1000 // 20 * (20 - 1 - 2) + 1
-    assert t2v.seen == dict(start=start, timesteps=[start - 20 * k for k in range(8)])
+    assert t2v.seen == dict(start=start, timesteps=[start - 20 * k for k in range(8)], window=16, overlap=4)
+    refiner, _ = make_refiner(settings.replace(t2v_window=8, t2v_overlap=2), t2v, schedule)
+    refiner.refine_clean(10, clean)
+    assert (t2v.seen["window"], t2v.seen["overlap"]) == (8, 2)  # the settings reach the T2V model
 
 
 def test_compat_authors_steps_animatelcm_on_the_lcm_grid_from_the_t2i_step():

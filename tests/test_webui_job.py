@@ -357,10 +357,20 @@ def test_settings_that_do_not_fit_the_schedule_are_refused_when_planning(env, is
     assert wrapped_modules(env) == []
 
 
-def test_more_frames_than_the_motion_module_handles_are_refused(env, monkeypatch):
+def test_a_window_longer_than_the_motion_module_takes_is_refused(env, monkeypatch):
     monkeypatch.setattr(env.models, "get_t2v", lambda model: env.mini.FakeT2V(max_frames=2))
-    with pytest.raises(env.job.VideoElevatorError, match="frames: the motion module fake-t2v handles at most 2"):
+    with pytest.raises(env.job.VideoElevatorError, match="frames: fake-t2v takes at most 2 frames at once"):
         env.mini.process_images(processing(env), env.script, [settings()])
+    with pytest.raises(env.job.VideoElevatorError, match="t2v_window: fake-t2v takes at most 2 frames at once"):
+        env.mini.process_images(processing(env), env.script, [settings(t2v_window=3, t2v_overlap=1)])
+
+
+def test_more_frames_than_the_motion_module_takes_run_in_windows(env, monkeypatch):
+    fake = env.mini.FakeT2V(max_frames=2)
+    monkeypatch.setattr(env.models, "get_t2v", lambda model: fake)
+    processed = env.mini.process_images(processing(env), env.script, [settings(t2v_window=2, t2v_overlap=1)])
+    assert len([image for image in processed.images if not isinstance(image, str)]) == FRAMES
+    assert fake.calls and {call["shape"][2] for call in fake.calls} == {2}  # every call saw one window
 
 
 # ------------------------------------------------------------------------------ whole jobs

@@ -19,6 +19,7 @@ import torch
 from lib_elevator.dtypes import working_dtype
 from lib_elevator.latent_space import LatentSpace
 from lib_elevator.noise import NoiseSource
+from lib_elevator.windows import in_windows
 
 
 @dataclass
@@ -50,6 +51,10 @@ class T2VBackend(ABC):
     supports_forward_chunking: bool = False
     # The frame rate the model is conditioned on, for models that take one (VideoCrafter2); None otherwise.
     fps: int | None = None
+    # The clip length the model was trained on: longer videos are refined in overlapping windows of it.
+    native_frames: int = 16
+    # The most frames one call can take (a motion module's positions); None: no limit.
+    max_frames: int | None = None
 
     @abstractmethod
     def encode_prompt(self, prompt: str, negative_prompt: str, device: torch.device | None = None) -> PromptPair:
@@ -85,8 +90,13 @@ class T2VBackend(ABC):
 
     # ------------------------------------------------------------------------------------------
 
-    def predict_noise(self, frames: torch.Tensor, timestep: int, prompts: PromptPair, guidance: float) -> torch.Tensor:
-        """Guided noise prediction for one video given as frames (F, C, h, w), DDPM form."""
+    def predict_noise(self, frames: torch.Tensor, timestep: int, prompts: PromptPair, guidance: float,
+                      window: int | None = None, overlap: int = 0) -> torch.Tensor:
+        """Guided noise prediction for one video given as frames (F, C, h, w), DDPM form; a video longer
+        than `window` frames in overlapping windows, blended (lib_elevator/windows.py)."""
+        if window is not None and frames.shape[0] > window:
+            return in_windows(lambda part: self.predict_noise(part, timestep, prompts, guidance), frames, window,
+                              overlap)
         video = frames.to(self.device, self.dtype).permute(1, 0, 2, 3).unsqueeze(0)  # (1, C, F, h, w)
         if guidance == 1.0:
             out = self.model_output(video, timestep, prompts.cond.to(self.device, self.dtype))
@@ -111,12 +121,16 @@ class T2VBackend(ABC):
         noise: NoiseSource,
         before_call: Callable[[], None] | None = None,
         unused_draw: bool = False,
+        window: int | None = None,
+        overlap: int = 0,
     ) -> torch.Tensor:
         """SDEdit: noise the clean frames (F, C, h, w) to timestep `start` of this model's table, take
         a denoising step at each of `timesteps` (descending, normally `start` and then the grid below
         it), and return the clean prediction of the last step (float32, (F, C, h, w)).
         `unused_draw`: an LCM model draws its step noise after the last step too and drops it (what
-        the authors' scheduler does), so later draws keep their order."""
+        the authors' scheduler does), so later draws keep their order. `window`/`overlap`: the model sees
+        at most `window` frames per call; every step of a longer video blends overlapping windows, so the
+        whole clip follows one trajectory with one noise draw."""
         timesteps = [int(t) for t in timesteps]
         if not timesteps or min(timesteps) < 0:
             raise ValueError(f"SDEdit needs non-negative timesteps; got {timesteps}")
@@ -129,7 +143,7 @@ class T2VBackend(ABC):
         for k, t in enumerate(timesteps):
             if before_call is not None:
                 before_call()
-            eps = self.predict_noise(x, t, prompts, guidance).to(x.device)
+            eps = self.predict_noise(x, t, prompts, guidance, window, overlap).to(x.device)
             a_t = table[t].item()
             prediction = (x - math.sqrt(1 - a_t) * eps) / (math.sqrt(a_t) * scale(t))
             if self.sampler == "lcm":

@@ -33,6 +33,8 @@ class ZeroScopeBackend(T2VBackend):
         self.tokenizer = tokenizer
         self.vae = vae.eval() if vae is not None else None
         self.name = name
+        # ZeroScope v2 was trained on 24-frame clips, ModelScope on 16
+        self.native_frames = 24 if "zeroscope" in name.lower() else 16
         self.scheduler_config = dict(scheduler_config)
         self.alphas_cumprod = alphas_from_config(self.scheduler_config)
         self.prediction_type = self.scheduler_config.get("prediction_type", "epsilon")

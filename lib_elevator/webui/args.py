@@ -172,6 +172,18 @@ CONTROLS: tuple[Control, ...] = (
         tip="The frame rate a VideoCrafter2 model is conditioned on (its authors use 28; lower = slower motion). "
         "Other T2V models ignore it.",
     ),
+    Control(
+        "t2v_window", INT_SLIDER, "T2V window (0 = model's length)", _DEFAULTS.t2v_window, section=ADVANCED,
+        row="windows", minimum=0, maximum=MAX_FRAMES, step=1,
+        tip="Frames the T2V model sees at once. Longer videos are refined in overlapping windows of this length; "
+        "0 = the length the model was trained on (24 for ZeroScope v2, 16 for the others).",
+    ),
+    Control(
+        "t2v_overlap", INT_SLIDER, "T2V window overlap", _DEFAULTS.t2v_overlap, section=ADVANCED, row="windows",
+        minimum=0, maximum=MAX_FRAMES - 1, step=1,
+        tip="Frames shared by neighbouring windows; their predictions are blended across it (more = smoother "
+        "seams, more T2V calls).",
+    ),
 )
 
 BY_NAME = {control.name: control for control in CONTROLS}

@@ -29,8 +29,8 @@ import math
 import torch
 from modules import devices, prompt_parser, sd_samplers_common, shared
 
-from lib_elevator.elevator import Refiner, latent_projectors, plan_refinement
-from lib_elevator.errors import SettingsError, UserError
+from lib_elevator.elevator import Refiner, latent_projectors, plan_refinement, t2v_windows
+from lib_elevator.errors import UserError
 from lib_elevator.noise import TorchNoise, mix_noise
 from lib_elevator.webui import compat, hosts, models, outputs
 from lib_elevator.webui.args import INFOTEXT_KEY, ElevatorArgs, from_positional, is_enabled, to_infotext
@@ -105,9 +105,7 @@ class WebUIJob(RefineHooks):
         if state.interrupted or state.skipped:
             return  # the sampler stops at its first call
         self.t2v = models.get_t2v(self.model)
-        if self.frames > getattr(self.t2v, "max_frames", self.frames):
-            raise SettingsError("frames", f"the motion module {self.t2v.name} handles at most "
-                                          f"{self.t2v.max_frames} frames; {self.frames} were asked for")
+        t2v_windows(self.settings, self.t2v)  # a window the model cannot take is refused before sampling
         if self.t2v.fps is not None:
             self.t2v.fps = self.settings.t2v_fps
         state.textinfo = "VideoElevator: encoding prompts"
