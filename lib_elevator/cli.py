@@ -100,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="frames the T2V model sees at once (default 0: its native length, 16 or 24); longer videos "
                           "are refined in overlapping windows")
     gen.add_argument("--t2v-overlap", type=int, help="frames shared by neighbouring T2V windows (default 4)")
+    gen.add_argument("--frame-chunk", type=int,
+                     help="T2I frames per UNet call, sharing the anchor (default 0: by free GPU memory, all on a CPU)")
     gen.add_argument("--t2v-prompt", help="prompt for the T2V model (default: --prompt)")
     gen.add_argument("--t2v-negative-prompt", help="negative prompt for the T2V model (default: --negative-prompt)")
     gen.add_argument("--fps", type=int, default=8)
@@ -165,6 +167,7 @@ def settings_from_args(args) -> Settings:
             "t2v_fps",
             "t2v_window",
             "t2v_overlap",
+            "frame_chunk",
         )
         if getattr(args, name) is not None
     }

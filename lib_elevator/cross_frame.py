@@ -47,6 +47,107 @@ def anchor_context(hidden_states: torch.Tensor, frames: int, anchor: str = "firs
     return torch.cat([hidden_states[first], hidden_states[previous]], dim=1)
 
 
+class FrameChunks:
+    """The frames of a batch run through the UNet `chunk` frames at a time, sharing the anchor's
+    keys/values, so the activations held at once grow with the chunk, not with the frame count.
+
+    A batch holds `groups` groups of F frames (the guidance halves). Chunk [start, stop) is the rows of
+    those frames in every group. The chunks run in order; at every self-attention layer a chunk takes its
+    anchor frames' tokens from its own rows when it holds them, else from the cache the chunk that held
+    them filled at that layer (and, for "first_prev", the previous chunk's last frame). Every other layer
+    of the UNet works row by row, so the anchor's tokens are the ones an unchunked call computes, and a
+    chunked call gives the unchunked result (up to float rounding of smaller batches).
+    """
+
+    def __init__(self, frames: int, chunk: int, anchor: str = "first"):
+        if chunk < 1:
+            raise ValueError(f"a frame chunk needs at least 1 frame; got {chunk}")
+        self.frames, self.chunk, self.anchor = frames, min(chunk, frames), check_anchor(anchor)
+        self.group = frames  # rows per anchor group (the authors' inversion: F/2)
+        self.current: tuple[int, int] | None = None  # the frames of the running chunk
+        self.cache: dict = {}  # layer -> {frame index: tokens (groups, N, C)}
+
+    @property
+    def active(self) -> bool:
+        return self.chunk < self.frames
+
+    @contextlib.contextmanager
+    def grouped(self, group: int):
+        """Anchor groups of `group` frames for a while (the authors' inversion: two groups of F/2)."""
+        saved, self.group = self.group, group
+        try:
+            yield
+        finally:
+            self.group = saved
+
+    def ranges(self) -> list[tuple[int, int]]:
+        return [(start, min(start + self.chunk, self.frames)) for start in range(0, self.frames, self.chunk)]
+
+    def rows(self, groups: int, start: int, stop: int) -> torch.Tensor:
+        """Row indices of frames [start, stop) in every group of a batch of `groups` x F rows."""
+        return torch.tensor([g * self.frames + f for g in range(groups) for f in range(start, stop)])
+
+    def run(self, call, rows: int, *row_tensors):
+        """`call(*tensors)` over the chunks, each tensor cut to the chunk's rows (tensors whose first axis
+        is not `rows` go whole), outputs put back in row order."""
+        if rows % self.frames:
+            raise ValueError(f"a batch of {rows} rows is not whole groups of {self.frames} frames")
+        groups, out = rows // self.frames, None
+        try:
+            for start, stop in self.ranges():
+                self.current = (start, stop)
+                index = self.rows(groups, start, stop)
+                part = call(*(t[index.to(t.device)] if _is_rows(t, rows) else t for t in row_tensors))
+                if out is None:
+                    out = part.new_empty((rows, *part.shape[1:]))
+                out[index.to(out.device)] = part
+        finally:
+            self.current, self.cache = None, {}
+        return out
+
+    def context(self, tokens: torch.Tensor, layer) -> torch.Tensor:
+        """The anchor context of the running chunk's rows (groups x k, N, C) at `layer`."""
+        start, stop = self.current
+        k = stop - start
+        groups = tokens.shape[0] // k
+        local = tokens.view(groups, k, *tokens.shape[1:])
+        cache = self.cache.setdefault(layer, {})  # anchor frames, and the previous chunk's last frame
+
+        def frame(f: int) -> torch.Tensor:
+            return local[:, f - start] if f >= start else cache[f]
+
+        for f in range(start, stop):  # the anchors in this chunk, for the chunks after it
+            if f % self.group == 0:
+                cache[f] = local[:, f - start]
+        columns = []
+        for f in range(start, stop):
+            anchor = f - f % self.group
+            if self.anchor == "first":
+                columns.append(frame(anchor))
+            else:
+                columns.append(torch.cat([frame(anchor), frame(max(f - 1, anchor))], dim=1))
+        if start > 0 and (start - 1) % self.group:
+            cache.pop(start - 1, None)  # the chunk before's last frame (not an anchor): no longer needed
+        cache[stop - 1] = local[:, k - 1]
+        return torch.stack(columns, dim=1).reshape(groups * k, *columns[0].shape[1:])
+
+
+def auto_frame_chunk(frames: int, rows_per_frame: int, latent_area: int, device: torch.device,
+                     dtype: torch.dtype) -> int:
+    """Frames per UNet call for the memory free on `device`: all of them on a CPU; on a GPU as many as
+    keep the call's activations within 80 % of the free memory, by the estimate Forge uses for an SD
+    UNet call (1.28 x latent area x element size x 16384 bytes a row with PyTorch attention)."""
+    if device.type != "cuda":
+        return frames
+    free, _ = torch.cuda.mem_get_info(device)
+    per_frame = 1.28 * latent_area * torch.finfo(dtype).bits // 8 * 16384 * rows_per_frame
+    return max(1, min(frames, int(0.8 * free // per_frame)))
+
+
+def _is_rows(value, rows: int) -> bool:
+    return isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == rows
+
+
 class CrossFrameAttnProcessor:
     """diffusers attention processor for self-attention (`attn1`) layers.
 
@@ -54,11 +155,12 @@ class CrossFrameAttnProcessor:
     encoder states, so the projection, heads, residual and norms stay exactly the library's.
     """
 
-    def __init__(self, frames: int, anchor: str = "first"):
+    def __init__(self, frames: int, anchor: str = "first", chunks: FrameChunks | None = None):
         from diffusers.models.attention_processor import AttnProcessor2_0
 
         self.frames = frames
         self.anchor = check_anchor(anchor)
+        self.chunks = chunks  # while a chunked call runs, the anchor context comes from it
         self.inner = AttnProcessor2_0()
 
     def __call__(
@@ -71,16 +173,19 @@ class CrossFrameAttnProcessor:
             tokens = hidden_states
         if attn.group_norm is not None:
             tokens = attn.group_norm(tokens.transpose(1, 2)).transpose(1, 2)
-        context = anchor_context(tokens, self.frames, self.anchor)
+        if self.chunks is not None and self.chunks.current is not None:
+            context = self.chunks.context(tokens, id(attn))
+        else:
+            context = anchor_context(tokens, self.frames, self.anchor)
         return self.inner(attn, hidden_states, encoder_hidden_states=context, attention_mask=attention_mask, temb=temb)
 
 
 @contextlib.contextmanager
-def cross_frame_attention(unet, frames: int, anchor: str = "first"):
+def cross_frame_attention(unet, frames: int, anchor: str = "first", chunks: FrameChunks | None = None):
     """Turn every self-attention layer of a diffusers 2-D UNet into cross-frame attention for the
     duration of the block; the previous processors are restored on exit, error or interrupt."""
     saved = dict(unet.attn_processors)
-    processor = CrossFrameAttnProcessor(frames, anchor)
+    processor = CrossFrameAttnProcessor(frames, anchor, chunks)
     patched = {name: (processor if name.endswith("attn1.processor") else proc) for name, proc in saved.items()}
     unet.set_attn_processor(patched)
     try:
@@ -94,11 +199,16 @@ def grouped(denoise, processor: CrossFrameAttnProcessor, group: int):
     authors' inversion: two groups of F/2 frames)."""
 
     def run(x, sigma):
-        saved = processor.frames
+        chunks = processor.chunks
+        saved = processor.frames, chunks.group if chunks is not None else None
         processor.frames = group
+        if chunks is not None:
+            chunks.group = group
         try:
             return denoise(x, sigma)
         finally:
-            processor.frames = saved
+            processor.frames = saved[0]
+            if chunks is not None:
+                chunks.group = saved[1]
 
     return run

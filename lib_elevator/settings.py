@@ -102,6 +102,7 @@ class Settings:
     t2v_fps: int = 28  # the frame rate a T2V model is conditioned on (VideoCrafter2); the others ignore it
     t2v_window: int = 0  # frames the T2V model sees at once; 0 = its native length (longer videos: windows)
     t2v_overlap: int = 4  # frames shared by neighbouring windows, blended linearly
+    frame_chunk: int = 0  # T2I frames per UNet call, sharing the anchor; 0 = auto (all on a CPU, by free memory on a GPU)
     fps: int = 8
     formats: tuple[str, ...] = field(default=("MP4",))
 
@@ -216,6 +217,11 @@ class Settings:
             and (self.t2v_window == 0 or self.t2v_overlap < self.t2v_window),
             "t2v_overlap",
             f"must be 0 or more and less than the window ({self.t2v_window}); got {self.t2v_overlap!r}",
+        )
+        need(
+            isinstance(self.frame_chunk, int) and 0 <= self.frame_chunk <= MAX_FRAMES,
+            "frame_chunk",
+            f"must be 0 (auto) or between 1 and {MAX_FRAMES} frames; got {self.frame_chunk!r}",
         )
         need(isinstance(self.fps, int) and 1 <= self.fps <= 60, "fps", f"must be between 1 and 60; got {self.fps!r}")
         need(

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from lib_elevator.cross_frame import cross_frame_attention, grouped
+from lib_elevator.cross_frame import FrameChunks, auto_frame_chunk, cross_frame_attention, grouped
 from lib_elevator.elevator import RefinePlan, Refiner, latent_projectors, plan_refinement, t2v_windows
 from lib_elevator.inversion import euler_step, pnp_correction
 from lib_elevator.latent_space import diffusers_codec
@@ -140,16 +140,19 @@ def generate(
     uncond = t2i.encode_prompt(job.negative_prompt, job.height, job.width, negative=True)
     inversion_text = job.negative_prompt if settings.inverts_with_negative_prompt else ""
     guided = job.guidance > 1.0
+    chunk = settings.frame_chunk or auto_frame_chunk(frames, 2 if guided else 1, latent_shape[1] * latent_shape[2],
+                                                      torch.device(device), t2i.dtype)
+    chunks = FrameChunks(frames, chunk, settings.anchor) if chunk < frames else None
     main = t2i.denoiser(
-        TextCondition.cat([uncond.repeat(frames), cond.repeat(frames)]) if guided else cond.repeat(frames)
+        TextCondition.cat([uncond.repeat(frames), cond.repeat(frames)]) if guided else cond.repeat(frames), chunks
     )
-    cond_only = t2i.denoiser(cond.repeat(frames))
+    cond_only = t2i.denoiser(cond.repeat(frames), chunks)
     inversion_cond = (
         uncond
         if inversion_text == job.negative_prompt
         else t2i.encode_prompt(inversion_text, job.height, job.width, negative=True)
     )
-    invert = t2i.denoiser(inversion_cond.repeat(frames))
+    invert = t2i.denoiser(inversion_cond.repeat(frames), chunks)
     if t2v.fps is not None:
         t2v.fps = settings.t2v_fps
     t2v_prompts = t2v.encode_prompt(
@@ -176,7 +179,7 @@ def generate(
     work = torch.float64 if t2i.dtype == torch.float64 else torch.float32
     x = mixed_noise(noise, frames, latent_shape, settings.noise_mix).to(device, work) * math.sqrt(1.0 + sigmas[0] ** 2)
     trajectory: dict[float, torch.Tensor] = {}
-    with torch.no_grad(), cross_frame_attention(t2i.unet, frames, settings.anchor) as attention:
+    with torch.no_grad(), cross_frame_attention(t2i.unet, frames, settings.anchor, chunks) as attention:
         if settings.inversion_anchor_groups > 1:
             invert = grouped(invert, attention, frames // settings.inversion_anchor_groups)
         for i in range(schedule.steps):

@@ -132,13 +132,23 @@ class T2IModel:
             added_cond_kwargs=cond.added or None,
         ).sample
 
-    def denoiser(self, cond: TextCondition) -> Denoiser:
-        """k-diffusion-form denoiser D(x, sigma) -> x0 over the rows of `cond`, in float32."""
+    def denoiser(self, cond: TextCondition, chunks=None) -> Denoiser:
+        """k-diffusion-form denoiser D(x, sigma) -> x0 over the rows of `cond`, in float32. `chunks`: a
+        `cross_frame.FrameChunks` that runs each call a few frames at a time."""
+        keys = list(cond.added)
 
         def denoise(x: torch.Tensor, sigma: float) -> torch.Tensor:
             scale = 1.0 / math.sqrt(1.0 + sigma * sigma)
             t = timestep_of_sigma(self.alphas_cumprod, sigma)
-            out = self.model_output(x * scale, t, cond).to(working_dtype(x))
+            if chunks is not None and chunks.active:
+                out = chunks.run(
+                    lambda latents, context, *added: self.model_output(
+                        latents, t, TextCondition(context, dict(zip(keys, added)))
+                    ),
+                    x.shape[0], x * scale, cond.context, *cond.added.values(),
+                ).to(working_dtype(x))
+            else:
+                out = self.model_output(x * scale, t, cond).to(working_dtype(x))
             return denoised_from_output(x, sigma, out, self.prediction_type)
 
         return denoise

@@ -112,6 +112,9 @@ class UnetPatcher:
         self.model_options["sampler_post_cfg_function"] = self.model_options.get("sampler_post_cfg_function", []) \
             + [function]
 
+    def set_model_unet_function_wrapper(self, wrapper):
+        self.model_options["model_function_wrapper"] = wrapper
+
     def attn1_patches(self):
         return self.model_options["transformer_options"].get("patches", {}).get("attn1_patch", [])
 
@@ -136,8 +139,12 @@ def calc_cond_uncond_batch(model, cond, uncond, x_in, timestep, model_options):
     """Forge's: uncond chunks first, `cond_or_uncond` and the patches in transformer_options."""
     chunks = [(UNCOND, c) for c in (uncond or [])] + [(COND, c) for c in cond]
     options = dict(model_options.get("transformer_options", {}), cond_or_uncond=[kind for kind, _ in chunks])
-    out = model.apply_model(torch.cat([x_in] * len(chunks)), torch.cat([timestep] * len(chunks)),
-                            transformer_options=options).chunk(len(chunks))
+    x, t, c = torch.cat([x_in] * len(chunks)), torch.cat([timestep] * len(chunks)), {"transformer_options": options}
+    if "model_function_wrapper" in model_options:
+        out = model_options["model_function_wrapper"](model.apply_model, {"input": x, "timestep": t, "c": c})
+    else:
+        out = model.apply_model(x, t, **c)
+    out = out.chunk(len(chunks))
     by_kind = dict(zip([kind for kind, _ in chunks], out))
     return by_kind.get(COND, torch.zeros_like(x_in)), by_kind.get(UNCOND, torch.zeros_like(x_in))
 
@@ -276,3 +283,21 @@ def test_a_forge_that_renamed_what_we_use_is_refused_not_crashed(monkeypatch):
     refused = hosts.build(host.HostInfo(host.FORGE, "f9.9", "someone/forge-fork"))
     assert "lacks a name VideoElevator uses" in refused.unsupported()
     assert "f9.9 (someone/forge-fork)" in refused.unsupported()
+
+
+@pytest.mark.parametrize("anchor", ["first", "first_prev"])
+def test_frames_in_chunks_through_forges_function_wrapper(forge, anchor):
+    """With frame chunks the clone gets a UNet function wrapper that cuts every call into chunks; the
+    patch takes the anchor's tokens from the chunk that held them: the x0 of one call over all frames."""
+    from lib_elevator.cross_frame import FrameChunks
+
+    x = torch.randn(F, 4, 2, 2)
+    forge.host.patch_unet(forge.p, F, anchor, lambda x, x0: None)
+    whole = forge.host.denoiser(forge.p, torch.zeros(F, 77, 8), None)(x, 1.5)
+    forge.p.sd_model.forge_objects.unet = forge.original  # the host's reset before the next pass
+    forge.host.patch_unet(forge.p, F, anchor, lambda x, x0: None, FrameChunks(F, 1, anchor))
+    clone = forge.p.sd_model.forge_objects.unet
+    assert "model_function_wrapper" in clone.model_options
+    chunked = forge.host.denoiser(forge.p, torch.zeros(F, 77, 8), None)(x, 1.5)
+    assert torch.allclose(chunked, whole, atol=1e-6)
+    assert [call["rows"] for call in forge.original.model.calls[-F:]] == [1] * F

@@ -134,6 +134,23 @@ def test_loop_in_float32_stays_close_to_the_float64_reference(t2i, t2i_f64):
     assert (ours.double() - exact).abs().max() < 1e-4
 
 
+@pytest.mark.parametrize("extra", [{}, {"anchor": "first_prev"}, {"compat": "authors", "frames": 6}],
+                         ids=["first", "first_prev", "authors' two anchor groups"])
+@pytest.mark.parametrize("chunk", [1, 2, 4])
+def test_frames_in_chunks_give_the_unchunked_video(t2i_f64, chunk, extra):
+    """Chunks share the anchor frame's keys/values (and the previous frame's across a chunk boundary):
+    the same latents as one call over all frames, with calls of at most `chunk` frames per group."""
+    settings = Settings(**{**SMALL, "frames": 5, **extra})
+    whole = generate(t2i_f64, StubT2V(), JOB, settings).latents
+    rows, handle = count_rows(t2i_f64)
+    try:
+        chunked = generate(t2i_f64, StubT2V(), JOB, settings.replace(frame_chunk=chunk)).latents
+    finally:
+        handle.remove()
+    assert max(rows) <= 2 * chunk  # two guidance groups of at most `chunk` frames a call
+    assert torch.allclose(chunked, whole, rtol=0, atol=1e-10)
+
+
 def test_loop_is_deterministic_per_seed_and_pnp_matters(t2i):
     settings = Settings(**SMALL)
     a = generate(t2i, StubT2V(), JOB, settings)

@@ -21,6 +21,7 @@ POSITIONAL = (
     "enable", "t2v_model", "frames", "preset", "refine_points", "t2v_steps", "t2v_guidance", "noise_mix",
     "filter_method", "filter_spatial", "filter_temporal", "anchor", "inversion_steps", "pnp", "t2v_prompt",
     "t2v_negative_prompt", "fps", "formats", "inversion_prompt", "compat", "t2v_fps", "t2v_window", "t2v_overlap",
+    "frame_chunk",
 )  # fmt: skip
 # A value for every argument, none of them its default, in UI order.
 CUSTOM = {
@@ -47,6 +48,7 @@ CUSTOM = {
     "t2v_fps": 16,
     "t2v_window": 12,
     "t2v_overlap": 3,
+    "frame_chunk": 2,
 }
 
 
@@ -112,7 +114,7 @@ def test_missing_trailing_positions_take_the_defaults_and_extra_ones_are_ignored
     # a client of the 19 arguments before `compat` existed keeps working, with compat off
     before_compat = args.from_positional(list(CUSTOM.values())[:19])
     assert before_compat.settings == args.from_positional(list(CUSTOM.values())).settings.replace(
-        compat="none", t2v_fps=args.DEFAULTS["t2v_fps"], t2v_window=0, t2v_overlap=4
+        compat="none", t2v_fps=args.DEFAULTS["t2v_fps"], t2v_window=0, t2v_overlap=4, frame_chunk=0
     )
 
 

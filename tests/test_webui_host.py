@@ -181,6 +181,27 @@ def test_samplers(t2v_name, host, sampler):
     assert len(frames_of(body)) == 4 and videos_of(body)
 
 
+def test_a_40_frame_video_in_t2v_windows_and_frame_chunks(t2v_name):
+    """More frames than the host's Batch size slider offers and than the T2V model's clips: the T2V model
+    refines 16-frame windows, the host's UNet runs 8 frames at a time; a plain job afterwards is unchanged."""
+    from lib_elevator.video_io import read_mp4_frame_count
+
+    plain = job(seed=9, batch_size=2)
+    before = frames_of(request("/sdapi/v1/txt2img", plain)[1])
+    ve = elevated(t2v_name, frames=40, t2v_window=16, t2v_overlap=4, frame_chunk=8, formats=["MP4"])
+    status, body = request("/sdapi/v1/txt2img", job(ve=ve))
+    assert status == 200, body
+    assert len(frames_of(body)) == 40
+    [video] = videos_of(body)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "v.mp4")
+        with open(path, "wb") as f:
+            f.write(base64.b64decode(video["base64"]))
+        assert read_mp4_frame_count(path) == 40
+    after = frames_of(request("/sdapi/v1/txt2img", plain)[1])
+    assert all((a == b).all() for a, b in zip(before, after))
+
+
 @pytest.mark.parametrize("kind", ["animatediff", "animatelcm"])
 def test_motion_modules_plug_into_the_loaded_checkpoint(kind):
     models = request("/videoelevator/v1/models")[1]["models"]

@@ -376,6 +376,27 @@ def test_more_frames_than_the_motion_module_takes_run_in_windows(env, monkeypatc
 # ------------------------------------------------------------------------------ whole jobs
 
 
+@pytest.mark.parametrize("sampler, anchor", [("Euler", "first"), ("DDIM", "first_prev")])
+def test_frames_in_chunks_give_the_same_job(env, sampler, anchor):
+    """frame_chunk: every UNet call (the host's, the inversion's, PnP's) runs 1 frame per group at a time,
+    sharing the anchor's tokens, with the same frames as one call over all of them; nothing is left on
+    the UNet afterwards."""
+    unet = env.host.shared.sd_model.model.diffusion_model
+    seen = []
+    hook = unet.self_attention()[0].register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[0]))
+    try:
+        whole, chunked = (
+            env.mini.process_images(processing(env, sampler_name=sampler), env.script,
+                                    [settings(frame_chunk=chunk, anchor=anchor)]).images
+            for chunk in (0, 1)
+        )
+    finally:
+        hook.remove()
+    assert max(seen) == 2 * FRAMES and min(seen) == 1  # whole: both groups at once; chunked: a frame per group
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(whole, chunked) if not isinstance(a, str))
+    assert wrapped_modules(env) == [] and "forward" not in unet.__dict__
+
+
 def plain_run(env, **fields):
     return env.mini.process_images(processing(env, batch_size=FRAMES, **fields))
 

@@ -184,6 +184,12 @@ CONTROLS: tuple[Control, ...] = (
         tip="Frames shared by neighbouring windows; their predictions are blended across it (more = smoother "
         "seams, more T2V calls).",
     ),
+    Control(
+        "frame_chunk", INT_SLIDER, "Frames per UNet call (0 = auto)", _DEFAULTS.frame_chunk, section=ADVANCED,
+        minimum=0, maximum=MAX_FRAMES, step=1,
+        tip="The image model denoises this many frames at a time, all sharing the anchor frame, so memory does "
+        "not grow with the frame count; same frames as all at once. 0 = by free GPU memory (all on a CPU).",
+    ),
 )
 
 BY_NAME = {control.name: control for control in CONTROLS}

@@ -53,10 +53,11 @@ class Host:
     def clean_leftovers(self) -> None:
         """Undo what a crashed job may have left on the host's model (before every job)."""
 
-    def patch_unet(self, p, frames: int, anchor: str, on_cond_output) -> CrossFrame:
+    def patch_unet(self, p, frames: int, anchor: str, on_cond_output, chunks=None) -> CrossFrame:
         """Cross-frame attention for this sampling pass (called again for the hires pass).
         `on_cond_output(x_k, cond_x0)` is called with each host UNet call's input (k-form) and cond
-        prediction where the host has no `on_cfg_denoised` (Forge); hosts that fire it ignore it."""
+        prediction where the host has no `on_cfg_denoised` (Forge); hosts that fire it ignore it.
+        `chunks`: an active `cross_frame.FrameChunks` runs every UNet call a few frames at a time."""
         raise NotImplementedError
 
     def alphas_cumprod(self, p) -> torch.Tensor:

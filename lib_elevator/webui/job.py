@@ -29,6 +29,7 @@ import math
 import torch
 from modules import devices, prompt_parser, sd_samplers_common, shared
 
+from lib_elevator.cross_frame import FrameChunks, auto_frame_chunk
 from lib_elevator.elevator import Refiner, latent_projectors, plan_refinement, t2v_windows
 from lib_elevator.errors import UserError
 from lib_elevator.noise import TorchNoise, mix_noise
@@ -53,6 +54,7 @@ class WebUIJob(RefineHooks):
         self.host = hosts.current()
         self.cross_frames: list = []  # cross-frame attention of each sampling pass (removed in release)
         self.latent_shape = None  # (frames, C, h, w) of the first pass
+        self.chunks: FrameChunks | None = None  # frames per UNet call, when fewer than all
         self.hook_error: BaseException | None = None  # an error of a script hook, raised from p.sample
         self.sampled = False  # the wrapped sampler function ran in this job
         self.videos: list = []  # WrittenVideo per batch
@@ -77,14 +79,14 @@ class WebUIJob(RefineHooks):
         if getattr(p, "is_hr_pass", False):
             # hires fix: the frames are upscaled as one batch, with cross-frame attention again (Forge
             # calls this twice for the hires pass; each call patches a fresh clone, the last one is used)
-            self.cross_frames.append(host.patch_unet(p, self.frames, self.settings.anchor, self.seen_cond_output))
+            self.cross_frames.append(self.patch_unet())
             return
         if x.shape[0] != self.frames:
             raise VideoElevatorError(f"the batch has {x.shape[0]} latents, expected {self.frames} frames")
         if getattr(p.sampler.func, SEGMENTED, False):
             # a host calling this hook twice for one sampler: the noise is mixed and the sampler wrapped
             # already; only the patch goes on again, on whatever UNet (clone) will sample now
-            self.cross_frames.append(host.patch_unet(p, self.frames, self.settings.anchor, self.seen_cond_output))
+            self.cross_frames.append(self.patch_unet())
             return
         # The model is checked here, not in before_process: a checkpoint override (and Forge's first
         # load) happens between the two hooks.
@@ -93,10 +95,16 @@ class WebUIJob(RefineHooks):
         self.noise = TorchNoise(int(p.seeds[0]))
         base = self.noise.randn((1, *x.shape[1:])).to(x.device, x.dtype)
         x.copy_(mix_noise(base, x, self.settings.noise_mix))  # in place: this tensor goes to the sampler
-        self.cross_frames.append(host.patch_unet(p, self.frames, self.settings.anchor, self.seen_cond_output))
+        chunk = self.settings.frame_chunk or auto_frame_chunk(self.frames, 2, x.shape[2] * x.shape[3], x.device,
+                                                              x.dtype)
+        self.chunks = FrameChunks(self.frames, chunk, self.settings.anchor) if chunk < self.frames else None
+        self.cross_frames.append(self.patch_unet())
         p.sampler.func = segmented(p.sampler.func, self, host.alphas_cumprod(p), on_run=self.on_run)
         setattr(p.sampler.func, SEGMENTED, True)
         self.prepare()
+
+    def patch_unet(self):
+        return self.host.patch_unet(self.p, self.frames, self.settings.anchor, self.seen_cond_output, self.chunks)
 
     def prepare(self) -> None:
         """Everything that reads files or runs a text encoder, before the sampler's first step."""

@@ -49,28 +49,59 @@ def self_attention_modules(unet) -> list:
     return found
 
 
-def make_forward(attn, frames: int, anchor: str):
+def make_forward(attn, frames: int, anchor: str, chunks=None):
     state = {"active": True, "frames": frames}  # "frames": rows per anchor group (see `grouped`)
 
     def forward(x, context=None, mask=None, **kwargs):
         if context is None and state["active"]:
-            context = anchor_context(x, state["frames"], anchor)
+            if chunks is not None and chunks.current is not None:  # a chunk of the frames (chunked_unet)
+                context = chunks.context(x, id(attn))
+            else:
+                context = anchor_context(x, state["frames"], anchor)
         return type(attn).forward(attn, x, context=context, mask=mask, **kwargs)
 
     forward.state = state
     return forward
 
 
-def install(unet, frames: int, anchor: str) -> list:
-    """Patch the UNet's self-attention; returns the patched modules (for `remove`)."""
+def install(unet, frames: int, anchor: str, chunks=None) -> list:
+    """Patch the UNet's self-attention; returns the patched modules (for `remove`). With `chunks`
+    (a `cross_frame.FrameChunks` that is active) the UNet's own forward runs the frames chunk by chunk
+    too, and is listed first."""
     modules = self_attention_modules(unet)
     if not modules:
         raise RuntimeError("VideoElevator found no self-attention layers in the loaded UNet (unsupported model)")
     for attn in modules:
         remove([attn])  # a second install (the hires pass) replaces ours instead of stacking on it
-        attn.forward = make_forward(attn, frames, anchor)
+        attn.forward = make_forward(attn, frames, anchor, chunks)
         setattr(attn, MARK, attn.forward)
+    remove([unet])
+    if chunks is not None and chunks.active:
+        unet.forward = chunked_forward(unet, chunks)
+        setattr(unet, MARK, unet.forward)
+        return [unet, *modules]
     return modules
+
+
+def chunked_forward(unet, chunks):
+    """The UNet's forward over a batch of whole frame groups, `chunks.chunk` frames at a time: every
+    tensor argument with a row per batch entry (x, timesteps, context, SDXL's y, ...) is cut to the
+    chunk's rows. Other batches (not whole groups of the job's frames) pass through unchanged."""
+    state = {"active": True}
+
+    def forward(*args, **kwargs):
+        rows = args[0].shape[0]
+        if not state["active"] or rows % chunks.frames:
+            return type(unet).forward(unet, *args, **kwargs)
+        names = list(kwargs)
+
+        def call(*values):
+            return type(unet).forward(unet, *values[: len(args)], **dict(zip(names, values[len(args) :])))
+
+        return chunks.run(call, rows, *args, *kwargs.values())
+
+    forward.state = state
+    return forward
 
 
 @contextlib.contextmanager
@@ -78,6 +109,7 @@ def grouped(modules, group: int):
     """Anchor groups of `group` rows in the patched modules for a while (the authors' inversion: two
     groups of F/2 frames), then back to what they were."""
     states = [attn.__dict__[MARK].state for attn in modules if MARK in attn.__dict__]
+    states = [state for state in states if "frames" in state]
     saved = [state["frames"] for state in states]
     for state in states:
         state["frames"] = group
@@ -104,6 +136,6 @@ def remove(modules) -> None:
 
 def remove_everywhere(unet) -> int:
     """Defensive clean-up of any wrapper of ours left on `unet` (e.g. after a crash)."""
-    leftovers = [attn for attn in self_attention_modules(unet) if MARK in attn.__dict__]
+    leftovers = [module for module in [unet, *self_attention_modules(unet)] if MARK in module.__dict__]
     remove(leftovers)
     return len(leftovers)

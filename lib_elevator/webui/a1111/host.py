@@ -12,13 +12,17 @@ from lib_elevator.webui.host import CrossFrame, Host, HostInfo
 
 
 class PatchedModules(CrossFrame):
-    """The self-attention modules whose `forward` we wrapped for this job (removed in `remove`)."""
+    """The modules whose `forward` we wrapped for this job (removed in `remove`): every self-attention
+    module, and the UNet itself when the frames run in chunks."""
 
-    def __init__(self, modules: list):
-        self.modules = modules
+    def __init__(self, modules: list, chunks=None):
+        self.modules, self.chunks = modules, chunks
 
+    @contextlib.contextmanager
     def grouped(self, group: int):
-        return attention.grouped(self.modules, group)
+        with attention.grouped(self.modules, group), \
+                (self.chunks.grouped(group) if self.chunks is not None else contextlib.nullcontext()):
+            yield
 
     def remove(self) -> None:
         attention.remove(self.modules)
@@ -54,9 +58,9 @@ class A1111Host(Host):
         if unet is not None:
             attention.remove_everywhere(unet)
 
-    def patch_unet(self, p, frames: int, anchor: str, on_cond_output) -> CrossFrame:
+    def patch_unet(self, p, frames: int, anchor: str, on_cond_output, chunks=None) -> CrossFrame:
         # on_cond_output is not needed: the job's on_cfg_denoised callback sees the cond rows here.
-        return PatchedModules(attention.install(self.unet(), frames, anchor))
+        return PatchedModules(attention.install(self.unet(), frames, anchor, chunks), chunks)
 
     def alphas_cumprod(self, p):
         return shared.sd_model.alphas_cumprod

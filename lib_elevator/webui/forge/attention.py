@@ -37,12 +37,19 @@ def chunk_rows(rows: int, extra_options: dict, frames: int) -> int:
     return frames
 
 
-def make_attn1_patch(frames: int, anchor: str):
+def make_attn1_patch(frames: int, anchor: str, chunks=None):
     """The attn1 patch and its group setting (`state["group"]`: rows per anchor group, normally all
-    frames; the authors' inversion uses two groups of F/2)."""
+    frames; the authors' inversion uses two groups of F/2). With `chunks` running a chunk of the frames
+    (`make_chunked_wrapper`), the anchor context comes from it."""
     state = {"group": frames}
 
     def attn1_patch(n, context, value, extra_options):
+        if chunks is not None and chunks.current is not None:
+            start, stop = chunks.current
+            chunk_rows(n.shape[0], extra_options, stop - start)
+            layer = (*extra_options.get("block", ()), extra_options.get("block_index"),
+                     extra_options.get("transformer_index"))
+            return n, chunks.context(context, (layer, "k")), chunks.context(value, (layer, "v"))
         chunk_rows(n.shape[0], extra_options, frames)
         group = state["group"]
         return n, anchor_context(context, group, anchor), anchor_context(value, group, anchor)
@@ -60,6 +67,23 @@ def grouped(patch, group: int):
         yield
     finally:
         state["group"] = saved
+
+
+def make_chunked_wrapper(chunks):
+    """A `model_function_wrapper` that runs each UNet call `chunks.chunk` frames at a time: the input,
+    the timesteps and every conditioning tensor with a row per batch entry are cut to the chunk's rows."""
+
+    def wrapper(apply_model, args):
+        x, timestep, c = args["input"], args["timestep"], args["c"]
+        rows = x.shape[0]
+        keys = [key for key, value in c.items() if hasattr(value, "shape") and value.dim() and value.shape[0] == rows]
+
+        def call(x_part, t_part, *values):
+            return apply_model(x_part, t_part, **{**c, **dict(zip(keys, values))})
+
+        return chunks.run(call, rows, x, timestep, *(c[key] for key in keys))
+
+    return wrapper
 
 
 def make_post_cfg_function(on_cond_output):

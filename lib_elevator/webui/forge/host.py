@@ -37,11 +37,14 @@ from lib_elevator.webui.host import CrossFrame, Host, HostInfo
 class ClonePatch(CrossFrame):
     """Our attn1 patch on the sampling clone (the host discards the clone: nothing to remove)."""
 
-    def __init__(self, patch):
-        self.patch = patch
+    def __init__(self, patch, chunks=None):
+        self.patch, self.chunks = patch, chunks
 
+    @contextlib.contextmanager
     def grouped(self, group: int):
-        return attention.grouped(self.patch, group)
+        with attention.grouped(self.patch, group), \
+                (self.chunks.grouped(group) if self.chunks is not None else contextlib.nullcontext()):
+            yield
 
 
 class ForgeHost(Host):
@@ -60,13 +63,15 @@ class ForgeHost(Host):
         if not hasattr(self.unet_patcher(p).model.predictor, "alphas_cumprod"):
             raise SettingsError("checkpoint", "this checkpoint has no discrete noise schedule (alphas_cumprod)")
 
-    def patch_unet(self, p, frames: int, anchor: str, on_cond_output) -> CrossFrame:
+    def patch_unet(self, p, frames: int, anchor: str, on_cond_output, chunks=None) -> CrossFrame:
         unet = self.unet_patcher(p).clone()
-        patch = attention.make_attn1_patch(frames, anchor)
+        patch = attention.make_attn1_patch(frames, anchor, chunks)
         unet.set_model_attn1_patch(patch)
         unet.set_model_sampler_post_cfg_function(attention.make_post_cfg_function(on_cond_output))
+        if chunks is not None and chunks.active:  # (replaces another extension's UNet function wrapper)
+            unet.set_model_unet_function_wrapper(attention.make_chunked_wrapper(chunks))
         p.sd_model.forge_objects.unet = unet
-        return ClonePatch(patch)
+        return ClonePatch(patch, chunks)
 
     def alphas_cumprod(self, p) -> torch.Tensor:
         return self.unet_patcher(p).model.predictor.alphas_cumprod
