@@ -100,10 +100,19 @@ class Host:
 
 
 class CrossFrame:
-    """Cross-frame attention as installed for one sampling pass."""
+    """Cross-frame attention as installed for one sampling pass (`chunks`: its frame chunks, or None)."""
 
+    chunks = None
+
+    @contextlib.contextmanager
     def grouped(self, group: int):
         """Anchor groups of `group` rows for a while (the authors' inversion: two groups of F/2)."""
+        with self.grouped_patch(group), \
+                (self.chunks.grouped(group) if self.chunks is not None else contextlib.nullcontext()):
+            yield
+
+    def grouped_patch(self, group: int):
+        """The host's part of `grouped`: its attention patch with groups of `group` rows."""
         return contextlib.nullcontext()
 
     def remove(self) -> None:

@@ -18,11 +18,8 @@ class PatchedModules(CrossFrame):
     def __init__(self, modules: list, chunks=None):
         self.modules, self.chunks = modules, chunks
 
-    @contextlib.contextmanager
-    def grouped(self, group: int):
-        with attention.grouped(self.modules, group), \
-                (self.chunks.grouped(group) if self.chunks is not None else contextlib.nullcontext()):
-            yield
+    def grouped_patch(self, group: int):
+        return attention.grouped(self.modules, group)
 
     def remove(self) -> None:
         attention.remove(self.modules)

@@ -40,11 +40,8 @@ class ClonePatch(CrossFrame):
     def __init__(self, patch, chunks=None):
         self.patch, self.chunks = patch, chunks
 
-    @contextlib.contextmanager
-    def grouped(self, group: int):
-        with attention.grouped(self.patch, group), \
-                (self.chunks.grouped(group) if self.chunks is not None else contextlib.nullcontext()):
-            yield
+    def grouped_patch(self, group: int):
+        return attention.grouped(self.patch, group)
 
 
 class ForgeHost(Host):
