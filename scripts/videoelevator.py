@@ -3,7 +3,7 @@
 import modules.scripts as scripts
 from modules import script_callbacks
 
-from lib_elevator.webui import api, job, models, options, ui
+from lib_elevator.webui import api, job, models, options, ui, xyz
 
 
 class VideoElevatorScript(scripts.Script):
@@ -39,3 +39,7 @@ script_callbacks.on_infotext_pasted(ui.on_infotext_pasted)
 script_callbacks.on_ui_settings(options.on_ui_settings)
 script_callbacks.on_app_started(api.on_app_started)
 script_callbacks.on_script_unloaded(models.unload)
+# X/Y/Z plot axes: the host's scripts/xyz_grid.py is loaded before extensions' scripts; registering again
+# before the UI is built covers a host that orders them otherwise (it adds nothing twice)
+xyz.register()
+script_callbacks.on_before_ui(xyz.register)

@@ -398,3 +398,30 @@ def test_the_seed_video_models_run_through_the_api(kind):
         status, body = request("/sdapi/v1/txt2img", job(sampler="Euler", steps=8, ve=ve))
         assert status == 200, body
         assert len(frames_of(body)) == 4
+
+
+# ------------------------------------------------------------------------------ X/Y/Z plot
+
+
+def test_an_xyz_plot_over_videoelevator_axes(t2v_name):
+    """script_name "x/y/z plot" with the axes Frames (2, 3) x Enabled (True, False): one grid image of the
+    cells' first frames, both enabled cells' videos in `info`, each cell's own infotext (the plain cells
+    without VideoElevator's), and no cell's infotext carrying the video list."""
+    from PIL import Image
+
+    [plot] = [s for s in request("/sdapi/v1/script-info")[1] if s["name"] == "x/y/z plot" and not s["is_img2img"]]
+    axes = plot["args"][0]["choices"]
+    frames_axis, enabled_axis = axes.index("[VideoElevator] Frames"), axes.index("[VideoElevator] Enabled")
+    payload = job(ve=elevated(t2v_name, formats=["GIF"]), script_name="x/y/z plot", script_args=[
+        frames_axis, "2,3", [], enabled_axis, "", ["True", "False"], 0, "", [],
+        True, False, False, False, False, False, False, 0, False])
+    status, body = request("/sdapi/v1/txt2img", payload)
+    assert status == 200, body
+    [grid] = [Image.open(io.BytesIO(base64.b64decode(image))) for image in body["images"]]
+    assert grid.size[0] > 2 * 64 and grid.size[1] > 2 * 64  # 2 x 2 cells of 64 px, with labels
+    info = json.loads(body["info"])
+    assert [v["format"] for v in videos_of(body)] == ["GIF", "GIF"]
+    cells = info["infotexts"][1:]
+    plain = [t.replace("\\", "") for t in cells]
+    assert sum('"frames":2' in t for t in plain) == 1 and sum('"frames":3' in t for t in plain) == 1
+    assert sum("VideoElevator:" in t for t in cells) == 2 and not any("videos" in t for t in info["infotexts"])

@@ -3,6 +3,7 @@ host_model, attention, sampler_hook and scripts/videoelevator.py): what the hook
 input is refused, the guaranteed clean-up around `p.sample`, and whole jobs run through a miniature
 of the host's txt2img path (tests/host_stub/minihost.py) with a weightless T2V backend."""
 
+import json
 import os
 from types import SimpleNamespace
 
@@ -567,3 +568,66 @@ def test_the_script_entry_point(env):
     assert callbacks["app_started"] == [env.host.adapter("api").on_app_started]
     assert callbacks["script_unloaded"] == [env.models.unload]
     assert [elem for elem, _ in script.on_after_component_elem_id] == ["generation_info_txt2img"]
+
+
+# ------------------------------------------------------------------------------ X/Y/Z plot axes
+
+
+class XYZStandIn:
+    """The host's scripts/xyz_grid.py as far as axes go: `AxisOption` and `axis_options`."""
+
+    class AxisOption:
+        def __init__(self, label, type, apply, format_value=None, confirm=None, cost=0.0, choices=None):
+            self.label, self.type, self.apply, self.confirm, self.choices = label, type, apply, confirm, choices
+
+    def __init__(self):
+        self.axis_options = [self.AxisOption("Seed", int, None)]
+
+
+def xyz_registered(env, monkeypatch):
+    from types import SimpleNamespace
+
+    xyz_grid = XYZStandIn()
+    entry = SimpleNamespace(script_class=type("Script", (), {"__module__": "xyz_grid.py"}), module=xyz_grid)
+    monkeypatch.setattr(env.host.scripts, "scripts_data", [entry])
+    xyz = env.host.adapter("xyz")
+    assert xyz.register() and xyz.register()  # a second registration adds nothing
+    return xyz_grid, {option.label: option for option in xyz_grid.axis_options}
+
+
+def test_the_axes_are_registered_once_and_checked_like_the_accordion(env, monkeypatch):
+    xyz_grid, axes = xyz_registered(env, monkeypatch)
+    names = env.host.adapter("xyz").AXES
+    assert len(xyz_grid.axis_options) == 1 + len(names) and len(axes) == 1 + len(names)
+    frames, enabled, model = axes["[VideoElevator] Frames"], axes["[VideoElevator] Enabled"], axes["[VideoElevator] T2V model"]
+    assert frames.type is int and enabled.choices() == ["True", "False"] and model.choices() == ["tiny-zs"]
+    frames.confirm(None, [4, 8])
+    from lib_elevator.errors import SettingsError
+
+    with pytest.raises(SettingsError, match="frames: must be a whole number"):
+        frames.confirm(None, [4, 4.5])
+    with pytest.raises(SettingsError, match="anchor: must be one of first, first_prev"):
+        axes["[VideoElevator] Anchor"].confirm(None, ["first", "last"])
+
+
+def test_every_cell_is_a_video_listed_in_the_plot_info(env, monkeypatch):
+    """Two cells as the plot runs them: shallow copies of one p (so one extra_generation_params), each
+    with its axis value; the grid's info lists both cells' videos, and the second cell's infotext does
+    not carry the first cell's video list."""
+    import copy
+
+    _, axes = xyz_registered(env, monkeypatch)
+    p = processing(env)
+    results = []
+    for frames in (2, 3):
+        cell = copy.copy(p)
+        axes["[VideoElevator] Frames"].apply(cell, frames, [2, 3])
+        results.append(env.mini.process_images(cell, env.script, [settings()]))
+        assert len([i for i in results[-1].images if not isinstance(i, str)]) == frames
+    assert not getattr(p, env.host.adapter("xyz").ATTR, None)  # the cells' values stay on the cells
+    videos = results[-1].extra_generation_params["videoelevator"]["videos"]
+    assert sorted(v["format"] for v in videos) == ["GIF", "GIF", "PNG", "PNG"]  # both cells' videos
+    assert len({v["path"] for v in videos}) == 4
+    # the host builds later infotexts from the same dict: a callable value that returns None is left out
+    report = results[-1].extra_generation_params["videoelevator"]
+    assert callable(report) and report() is None and json.loads(json.dumps(report))["videos"] == videos

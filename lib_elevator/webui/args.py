@@ -313,6 +313,21 @@ def from_positional(args) -> ElevatorArgs:
     return _build(values)
 
 
+def with_overrides(args, overrides: dict) -> ElevatorArgs:
+    """The job's arguments with some of them replaced (the X/Y/Z plot's axes); a preset among them fills
+    its fields first, as in the dict form."""
+    values = {name: _coerce(name, value) for name, value in from_positional(args).public().items()}
+    if "preset" in overrides:
+        values.update(PRESETS[_coerce("preset", overrides["preset"])])
+    values.update({name: _coerce(name, value) for name, value in overrides.items()})
+    return _build(values)
+
+
+def coerce(name: str, value):
+    """`value` for the control `name` as the accordion and the API take it, or a SettingsError."""
+    return _coerce(name, value)
+
+
 def is_enabled(args) -> bool:
     """Cheap check used before full parsing (a bad dict still counts as 'asked for')."""
     args = list(args)

@@ -33,8 +33,8 @@ from lib_elevator.cross_frame import FrameChunks, auto_frame_chunk
 from lib_elevator.elevator import Refiner, latent_projectors, plan_refinement, t2v_windows
 from lib_elevator.errors import UserError
 from lib_elevator.noise import TorchNoise, mix_noise
-from lib_elevator.webui import compat, hosts, models, outputs
-from lib_elevator.webui.args import INFOTEXT_KEY, ElevatorArgs, from_positional, is_enabled, to_infotext
+from lib_elevator.webui import compat, hosts, models, outputs, xyz
+from lib_elevator.webui.args import INFOTEXT_KEY, ElevatorArgs, from_positional, is_enabled, to_infotext, with_overrides
 from lib_elevator.webui.sampler_hook import TIMESTEPS, HostSchedule, RefineHooks, segmented
 
 log = logging.getLogger("videoelevator")
@@ -258,10 +258,14 @@ def job_of(p):
 def before_process(p, args) -> None:
     host = hosts.current()
     host.clean_leftovers()  # of a crashed job
-    if not is_enabled(args):
+    # The X/Y/Z plot's cells share one extra_generation_params: a cell without VideoElevator must not
+    # carry the previous cell's infotext.
+    p.extra_generation_params.pop(INFOTEXT_KEY, None)
+    axes = xyz.overrides(p)  # X/Y/Z plot axis values of this cell
+    if not is_enabled(args) and not axes.get("enable"):
         return
     try:
-        parsed = from_positional(args)
+        parsed = with_overrides(args, axes) if axes else from_positional(args)
         if not parsed.enable:
             return
         compat.check_job(p.sampler_name, p.prompt, p.negative_prompt, getattr(p, "refiner_checkpoint", None),

@@ -69,6 +69,15 @@ def is_written_mp4(path: str) -> bool:
     return os.path.abspath(path) in _written_mp4s
 
 
+class VideoReport(dict):
+    """The videos of a request, in the response's `info` (`extra_generation_params`). A dict for JSON;
+    callable, returning None, so that an infotext built later from the same `extra_generation_params`
+    (the next cell of an X/Y/Z plot) leaves it out, as the host does with None values."""
+
+    def __call__(self, **kwargs):
+        return None
+
+
 def report(p, processed, videos: list[WrittenVideo]) -> None:
     entries, lines = [], []
     for batch, written in enumerate(videos):
@@ -83,8 +92,9 @@ def report(p, processed, videos: list[WrittenVideo]) -> None:
                 processed.images.append(path)  # the gallery plays animated images given by path
         for fmt, error in written.errors.items():
             lines.append(f"VideoElevator could not write {fmt} ({error}); the other outputs and the frames are kept")
-    processed.extra_generation_params[INFO_KEY] = {
-        "videos": entries,
-        "errors": [{"batch": b, "format": f, "error": e} for b, w in enumerate(videos) for f, e in w.errors.items()],
-    }
+    errors = [{"batch": b, "format": f, "error": e} for b, w in enumerate(videos) for f, e in w.errors.items()]
+    earlier = processed.extra_generation_params.get(INFO_KEY)
+    if isinstance(earlier, VideoReport):  # the X/Y/Z plot's cells share this dict: list every cell's videos
+        entries, errors = earlier["videos"] + entries, earlier["errors"] + errors
+    processed.extra_generation_params[INFO_KEY] = VideoReport(videos=entries, errors=errors)
     processed.comments = "\n".join(filter(None, [processed.comments, *lines]))

@@ -45,6 +45,7 @@ on_infotext_pasted = _register("infotext_pasted")
 on_script_unloaded = _register("script_unloaded")
 on_before_component = _register("before_component")
 on_after_component = _register("after_component")
+on_before_ui = _register("before_ui")
 
 
 def cfg_denoiser_callback(params):

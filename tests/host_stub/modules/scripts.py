@@ -1,6 +1,8 @@
-"""Stand-in of `modules.scripts`: the Script base class and the AlwaysVisible marker."""
+"""Stand-in of `modules.scripts`: the Script base class, the AlwaysVisible marker and `scripts_data`
+(the loaded scripts: entries with `script_class` and `module`, empty unless a test adds one)."""
 
 AlwaysVisible = object()
+scripts_data: list = []
 
 
 class Script:
