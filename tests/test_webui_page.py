@@ -126,3 +126,51 @@ def test_nothing_changes_on_the_img2img_tab(page):
     finally:
         page.click("#videoelevator-visible-checkbox")
         time.sleep(1)
+
+
+SET_VALUE = """
+const [selector, value] = arguments;
+const element = document.querySelector(selector);
+const proto = element.tagName === 'TEXTAREA' ? HTMLTextAreaElement.prototype : HTMLInputElement.prototype;
+Object.getOwnPropertyDescriptor(proto, 'value').set.call(element, value);
+for (const type of ['input', 'change', 'blur']) element.dispatchEvent(new Event(type, {bubbles: true}));"""
+
+
+def choose(page, dropdown, value):
+    page.click(dropdown + " input")
+    time.sleep(0.5)
+    page.click(f'{dropdown} li[data-value="{value}"]')
+    time.sleep(1)
+
+
+@needs_page
+def test_an_xyz_plot_from_the_page(page):
+    """The X/Y/Z plot script with the axis "[VideoElevator] Frames" = 2,3, typed into the page as a user
+    would (a 64x64 job with 8 steps and a refine that fits them): the grid shows up with each cell's
+    VideoElevator infotext. The model is the first the accordion lists."""
+    page.open(URL + "/")
+    page.wait_for("#videoelevator-visible-checkbox")
+    time.sleep(3)
+    page.click("#videoelevator-visible-checkbox")
+    page.click("#videoelevator > .label-wrap > .icon")
+    page.click("#videoelevator_advanced .label-wrap")
+    for selector, value in [("#txt2img_width input[type=number]", "64"), ("#txt2img_height input[type=number]", "64"),
+                            ("#txt2img_steps input[type=number]", "8"), ("#txt2img_prompt textarea", "a lighthouse"),
+                            ("#videoelevator_refine_points textarea", "50%"),
+                            ("#videoelevator_t2v_steps input[type=number]", "2")]:
+        page.run(SET_VALUE, selector, value)
+    choose(page, "#script_list", "X/Y/Z plot")
+    choose(page, "#script_txt2img_xyz_plot_x_type", "[VideoElevator] Frames")
+    page.run(SET_VALUE, "#script_txt2img_xyz_plot_x_values textarea", "2,3")
+    time.sleep(1)
+    page.click("#txt2img_generate")
+    info = ""
+    for _ in range(200):
+        time.sleep(3)
+        info = page.run("const e = document.querySelector('#html_info_txt2img'); return e ? e.innerText : ''")
+        if "VideoElevator" in info:
+            break
+    assert '"frames":2' in info.replace("\\", "")
+    assert page.run("return document.querySelectorAll('#txt2img_gallery img').length") >= 1
+    page.run(SET_VALUE, "#txt2img_steps input[type=number]", "20")  # leave the page as it was for the others
+    choose(page, "#script_list", "None")
