@@ -139,7 +139,8 @@ for (const type of ['input', 'change', 'blur']) element.dispatchEvent(new Event(
 def choose(page, dropdown, value):
     page.click(dropdown + " input")
     time.sleep(0.5)
-    page.click(f'{dropdown} li[data-value="{value}"]')
+    # gradio 3 (AUTOMATIC1111) names an option in data-value, gradio 4 (Forge) in aria-label
+    page.click(f'{dropdown} li[data-value="{value}"], {dropdown} li[aria-label="{value}"]')
     time.sleep(1)
 
 
