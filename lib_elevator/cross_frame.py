@@ -199,16 +199,12 @@ def grouped(denoise, processor: CrossFrameAttnProcessor, group: int):
     authors' inversion: two groups of F/2 frames)."""
 
     def run(x, sigma):
-        chunks = processor.chunks
-        saved = processor.frames, chunks.group if chunks is not None else None
+        saved = processor.frames
         processor.frames = group
-        if chunks is not None:
-            chunks.group = group
         try:
-            return denoise(x, sigma)
+            with processor.chunks.grouped(group) if processor.chunks is not None else contextlib.nullcontext():
+                return denoise(x, sigma)
         finally:
-            processor.frames = saved[0]
-            if chunks is not None:
-                chunks.group = saved[1]
+            processor.frames = saved
 
     return run

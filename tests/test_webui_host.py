@@ -425,3 +425,12 @@ def test_an_xyz_plot_over_videoelevator_axes(t2v_name):
     plain = [t.replace("\\", "") for t in cells]
     assert sum('"frames":2' in t for t in plain) == 1 and sum('"frames":3' in t for t in plain) == 1
     assert sum("VideoElevator:" in t for t in cells) == 2 and not any("videos" in t for t in info["infotexts"])
+
+
+def test_a_bad_xyz_axis_value_is_refused_before_any_cell(t2v_name):
+    [plot] = [s for s in request("/sdapi/v1/script-info")[1] if s["name"] == "x/y/z plot" and not s["is_img2img"]]
+    frames_axis = plot["args"][0]["choices"].index("[VideoElevator] Frames")
+    payload = job(ve=elevated(t2v_name, formats=["GIF"]), script_name="x/y/z plot", script_args=[
+        frames_axis, "2,200", [], 0, "", [], 0, "", [], True, False, False, False, False, False, False, 0, False])
+    status, body = request("/sdapi/v1/txt2img", payload)
+    assert status == 422 and "frames: a video needs between 2 and 128 frames; got 200" in body["detail"]

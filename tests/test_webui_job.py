@@ -394,7 +394,7 @@ def test_frames_in_chunks_give_the_same_job(env, sampler, anchor):
     finally:
         hook.remove()
     assert max(seen) == 2 * FRAMES and min(seen) == 1  # whole: both groups at once; chunked: a frame per group
-    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(whole, chunked) if not isinstance(a, str))
+    assert len(whole) == len(chunked) and all(torch.allclose(a, b, atol=1e-5) for a, b in zip(whole, chunked) if not isinstance(a, str))
     assert wrapped_modules(env) == [] and "forward" not in unet.__dict__
 
 
@@ -601,13 +601,18 @@ def test_the_axes_are_registered_once_and_checked_like_the_accordion(env, monkey
     assert len(xyz_grid.axis_options) == 1 + len(names) and len(axes) == 1 + len(names)
     frames, enabled, model = axes["[VideoElevator] Frames"], axes["[VideoElevator] Enabled"], axes["[VideoElevator] T2V model"]
     assert frames.type is int and enabled.choices() == ["True", "False"] and model.choices() == ["tiny-zs"]
-    frames.confirm(None, [4, 8])
-    from lib_elevator.errors import SettingsError
+    from types import SimpleNamespace
 
-    with pytest.raises(SettingsError, match="frames: must be a whole number"):
-        frames.confirm(None, [4, 4.5])
-    with pytest.raises(SettingsError, match="anchor: must be one of first, first_prev"):
-        axes["[VideoElevator] Anchor"].confirm(None, ["first", "last"])
+    ui, api = SimpleNamespace(is_api=False), SimpleNamespace(is_api=True)
+    frames.confirm(ui, [4, 8])
+    axes["[VideoElevator] T2V window (0 = model's length)"].confirm(ui, [2, 3])  # fine with the cell's overlap
+    with pytest.raises(env.job.VideoElevatorError, match="VideoElevator: frames: must be a whole number"):
+        frames.confirm(ui, [4, 4.5])
+    with pytest.raises(env.job.VideoElevatorError, match="VideoElevator: frames: a video needs between 2 and 128"):
+        frames.confirm(ui, [4, 200])
+    with pytest.raises(env.host.fastapi.HTTPException) as refused:  # the API answers 422
+        axes["[VideoElevator] Anchor"].confirm(api, ["first", "last"])
+    assert refused.value.status_code == 422 and "anchor: must be one of first, first_prev" in refused.value.detail
 
 
 def test_every_cell_is_a_video_listed_in_the_plot_info(env, monkeypatch):

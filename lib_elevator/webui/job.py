@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import logging
 import math
 
 import torch
@@ -35,15 +34,11 @@ from lib_elevator.errors import UserError
 from lib_elevator.noise import TorchNoise, mix_noise
 from lib_elevator.webui import compat, hosts, models, outputs, xyz
 from lib_elevator.webui.args import INFOTEXT_KEY, ElevatorArgs, from_positional, is_enabled, to_infotext, with_overrides
+from lib_elevator.webui.refusal import VideoElevatorError, log, user_error
 from lib_elevator.webui.sampler_hook import TIMESTEPS, HostSchedule, RefineHooks, segmented
 
-log = logging.getLogger("videoelevator")
 JOB_ATTR = "_videoelevator_job"
 SEGMENTED = "_videoelevator_segmented"  # marks a sampler function we wrapped
-
-
-class VideoElevatorError(RuntimeError):
-    """Stops a job with a message meant for the user."""
 
 
 class WebUIJob(RefineHooks):
@@ -281,18 +276,6 @@ def before_process(p, args) -> None:
     p.do_not_save_grid = True
     p.extra_generation_params[INFOTEXT_KEY] = to_infotext(parsed)
     wrap_sample(p, job)
-
-
-def user_error(p, error: BaseException) -> Exception:
-    """The exception that stops a job over bad input: an HTTP 422 for API clients (the host keeps an
-    HTTPException's status), a plain message for the UI."""
-    message = f"VideoElevator: {error}"
-    log.error(message)
-    if getattr(p, "is_api", False):
-        from fastapi import HTTPException
-
-        return HTTPException(status_code=422, detail=message)
-    return VideoElevatorError(message)
 
 
 def fail_job(p, error: BaseException) -> None:

@@ -12,7 +12,9 @@ written and listed in the response's `info` (outputs.report accumulates them ove
 
 from __future__ import annotations
 
+from lib_elevator.errors import UserError
 from lib_elevator.webui import args as ve_args
+from lib_elevator.webui.refusal import user_error
 
 ATTR = "_videoelevator_xyz"
 AXES = ("enable", "t2v_model", "frames", "preset", "refine_points", "t2v_steps", "t2v_guidance", "noise_mix",
@@ -34,9 +36,18 @@ def apply_axis(name: str):
 
 
 def confirm_axis(name: str):
+    """The plot's check of an axis before any cell runs: each value as the accordion would take it, with
+    the other settings at their defaults; an error about this setting stops the plot with its message (an
+    HTTP 422 through the API). Errors about a combination with other settings are left to the cell, which
+    checks them against the accordion's actual values."""
+
     def confirm(p, values):
         for value in values:
-            ve_args.coerce(name, value)
+            try:
+                ve_args.from_named({"enable": True, name: value} if name != "enable" else {name: value})
+            except UserError as error:
+                if error.field == name:
+                    raise user_error(p, error) from error
 
     return confirm
 
